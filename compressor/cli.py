@@ -1,0 +1,245 @@
+"""Command line: ``compressor compress | check | profiles | schema``. Exit codes: see errors.py."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from compressor import __version__
+from compressor.errors import CompressorError, ExitCode
+
+EXIT_CODES_HELP = """exit codes:
+  0  success, every budget holds        1  a budget was missed (or cannot be met)
+  2  usage error                        3  bad input (path, model file, profile)
+  4  output not writable                5  exported file failed validation
+  6  optional dependency missing        70 internal error (report it, with --debug)"""
+
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budget overrides (replace the profile's value)")
+    g.add_argument("--max-size-mib", type=float, metavar="MIB", help="largest model file allowed")
+    g.add_argument("--max-ram-mib", type=float, metavar="MIB", help="peak RAM at the profile's context")
+    g.add_argument("--max-decode-ms", type=float, metavar="MS", dest="max_decode_ms_per_token",
+                   help="slowest decode allowed, ms per token")  # fmt: skip
+    g.add_argument("--max-ttft-ms", type=float, metavar="MS", help="slowest time to first token allowed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="compressor", formatter_class=fmt, epilog=EXIT_CODES_HELP,
+        description="Compress a trained transformer to fit an edge device, and prove that it fits.",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"compressor {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("compress", help="compress MODEL for a device profile", formatter_class=fmt,
+                       epilog=EXIT_CODES_HELP,
+                       description="load -> quantize -> export (GGUF) -> measure -> package, checking the "
+                       "device budgets after every stage.")  # fmt: skip
+    c.add_argument("model", help="built-in name (smollm2-135m), a .gguf file, or a Hugging Face directory")
+    c.add_argument("--device", required=True, help="profile name (see 'compressor profiles list') or .toml")
+    c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
+    c.add_argument("--quant", default="gguf:Q4_0", dest="scheme",
+                   help="weight format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K (default gguf:Q4_0)")  # fmt: skip
+    c.add_argument("--embedding-type", help="type of the (tied) embedding/output, e.g. Q8_0 (default: "
+                   "Q8_0 for 4-bit schemes)")  # fmt: skip
+    _budget_flags(c)
+    c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
+    c.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    c.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code (unsafe)")
+    c.add_argument("--quiet", action="store_true", help="no progress display")
+
+    k = sub.add_parser("check", help="re-measure an artifact and gate on the budgets (for CI)",
+                       formatter_class=fmt, epilog=EXIT_CODES_HELP)  # fmt: skip
+    k.add_argument("artifact", type=Path, help="output directory of 'compress' (or a .gguf file)")
+    k.add_argument("--device", required=True, help="profile name or .toml path")
+    _budget_flags(k)
+    k.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here ('-' for stdout)")
+    k.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report here")
+    k.add_argument("--markdown", type=Path, metavar="FILE", help="write a Markdown report here")
+
+    p = sub.add_parser("profiles", help="list or show device profiles")
+    psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    psub.add_parser("list", help="list the shipped device profiles")
+    show = psub.add_parser("show", help="show one profile")
+    show.add_argument("name", help="profile name or .toml path")
+
+    sub.add_parser("schema", help="print the JSON Schema of report.json")
+    return parser
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich spinner line per stage with elapsed time; a no-op when disabled."""
+    if not enabled:
+        yield lambda stage, text: contextlib.nullcontext()
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  transient=False) as prog:  # fmt: skip
+
+        @contextlib.contextmanager
+        def stage(name: str, text: str) -> Iterator[None]:
+            task = prog.add_task(f"[bold]{name}[/]: {text}", total=1)
+            try:
+                yield
+            finally:
+                prog.update(task, completed=1)
+
+        yield stage
+
+
+def _print_checks(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    if report.checks:
+        table = Table(title=f"budgets on {report.device}")
+        for col in ("budget", "limit", "value", "result", "kind"):
+            table.add_column(col)
+        for c in report.checks:
+            result = "[green]ok[/]" if c.passed else "[red bold]MISSED[/]"
+            table.add_row(c.budget, f"{c.limit:g} {c.unit}", f"{c.value:.1f} {c.unit}", result,
+                          f"{c.provenance.value} ({c.where})")  # fmt: skip
+        console.print(table)
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    import pydantic
+
+    from compressor.config import CompressRequest
+    from compressor.pipeline import compress
+
+    fields = {k: getattr(args, k) for k in CompressRequest.model_fields if hasattr(args, k)}
+    try:
+        req = CompressRequest(**{k: v for k, v in fields.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        from compressor.errors import ConfigError
+
+        problems = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid options", problems) from None
+    show = not args.quiet and sys.stderr.isatty()
+    with _progress(show) as progress:
+        report = compress(req, progress)
+    _print_checks(report)
+    if report.exit_code != 0:
+        print(f"error: {report.message}", file=sys.stderr)
+        print(f"reports written to {req.out}/report.json and report.md", file=sys.stderr)
+    else:
+        print(f"wrote {req.out}/model.gguf ({report.measured.get('file_bytes', 0) / 2**20:.1f} MiB), "
+              f"report.json, report.md, manifest.json")  # fmt: skip
+    return report.exit_code
+
+
+def _write(path: Path, text: str) -> None:
+    if str(path) == "-":
+        sys.stdout.write(text)
+        return
+    from compressor.errors import OutputError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from compressor.check import check
+    from compressor.report import render_junit, render_markdown
+
+    names = ("max_size_mib", "max_ram_mib", "max_decode_ms_per_token", "max_ttft_ms")
+    report = check(args.artifact, args.device, {n: getattr(args, n) for n in names})
+    if args.json:
+        _write(args.json, json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
+    if args.junit:
+        _write(args.junit, render_junit(report))
+    if args.markdown:
+        _write(args.markdown, render_markdown(report))
+    _print_checks(report)
+    if report.exit_code:
+        print(f"error: {report.message}", file=sys.stderr)
+    else:
+        print(f"ok: every budget of '{report.device}' holds")
+    return report.exit_code
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from compressor.device_profile import load_profile, profile_names
+
+    if args.profiles_command == "list":
+        for name in profile_names():
+            prof = load_profile(name)
+            print(f"{name:22s} {prof.description}")
+        return 0
+    prof = load_profile(args.name)
+    print(json.dumps(prof.model_dump(mode="json", exclude={"source_path"}), indent=2))
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from compressor.report import RunReport
+
+    print(json.dumps(RunReport.model_json_schema(), indent=2))
+    return 0
+
+
+COMMANDS = {"compress": _cmd_compress, "check": _cmd_check, "profiles": _cmd_profiles, "schema": _cmd_schema}
+
+
+def _quiet_libraries(debug: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws its own bar
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        warnings.filterwarnings("ignore")
+        for name in ("transformers", "gguf", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        with contextlib.suppress(ImportError):
+            import transformers.utils.logging as tl
+
+            tl.set_verbosity_error()
+            tl.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("compress", "check"):
+        _quiet_libraries(args.debug)
+    start = time.perf_counter()
+    try:
+        return COMMANDS[args.command](args)
+    except CompressorError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+    finally:
+        logging.getLogger(__name__).debug("%s took %.1f s", args.command, time.perf_counter() - start)

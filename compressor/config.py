@@ -1,0 +1,35 @@
+"""Typed, frozen requests for the pipeline; the CLI builds them, defaults live here only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PositiveOpt = Annotated[float | None, Field(gt=0)]
+
+
+class CompressRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    model: str = "smollm2-135m"
+    device: str = "raspberry-pi-5"
+    out: Path
+    scheme: str = "gguf:Q4_0"
+    embedding_type: str | None = None
+    max_size_mib: PositiveOpt = None
+    max_ram_mib: PositiveOpt = None
+    max_decode_ms_per_token: PositiveOpt = None
+    max_ttft_ms: PositiveOpt = None
+    keep_going: bool = False  # run every stage even when a projected budget fails
+    force: bool = False  # replace a non-empty output directory
+    trust_remote_code: bool = False
+    validate_tokens: Annotated[int, Field(ge=16, le=2048)] = 128
+
+    def budget_overrides(self) -> dict[str, float | None]:
+        return {
+            "max_size_mib": self.max_size_mib,
+            "max_ram_mib": self.max_ram_mib,
+            "max_decode_ms_per_token": self.max_decode_ms_per_token,
+            "max_ttft_ms": self.max_ttft_ms,
+        }

@@ -1,0 +1,110 @@
+"""Bit-exact numpy codecs for ggml's 32-element block formats (Q8_0, Q4_0) plus F16/F32.
+
+These reproduce ggml's reference quantizers (``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``),
+which is what ``llama_model_quantize`` runs when no importance matrix is given, so a block we write
+is byte-identical to the block llama.cpp would write from the same float weights
+(``tests/integration/test_gguf_real.py`` checks this against llama.cpp itself).
+
+Floating-point details that matter for bit-exactness:
+  * every multiply happens in float32, as in C (numpy float32 * float32 -> float32);
+  * ``roundf`` rounds half away from zero: done in float64, where ``|v| + 0.5`` is exact;
+  * Q4_0 picks the signed value of the *first* element with the largest magnitude
+    (``np.argmax`` also returns the first), and truncates ``x*id + 8.5f`` toward zero;
+  * the block scale is stored as IEEE half, rounded to nearest even (``astype(float16)``).
+
+Block layouts (little endian): Q8_0 = fp16 d + 32 x int8; Q4_0 = fp16 d + 16 bytes, where byte j
+holds element j in its low nibble and element j+16 in its high nibble.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+QK = 32  # elements per block for Q4_0 and Q8_0
+BLOCK_BYTES = {"Q8_0": 2 + QK, "Q4_0": 2 + QK // 2}
+
+
+def _blocks(w: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(w, dtype=np.float32)
+    if x.shape[-1] % QK:
+        raise ValueError(f"row length {x.shape[-1]} is not a multiple of {QK}")
+    return x.reshape(-1, QK)  # (n_blocks, 32)
+
+
+def _scales_to_bytes(d: np.ndarray) -> np.ndarray:
+    return d.astype(np.float16).view(np.uint8).reshape(-1, 2)  # (n_blocks, 2)
+
+
+def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scales fp16 (n_blocks,), codes int8 (n_blocks, 32)) exactly as ggml computes them."""
+    x = _blocks(w)
+    amax = np.abs(x).max(axis=1)  # (n_blocks,)
+    d = (amax / np.float32(127.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    v = (x * inv[:, None]).astype(np.float64)  # product rounded in float32 first
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)  # roundf: half away from zero
+    return d.astype(np.float16), q.astype(np.int8)
+
+
+def quantize_q4_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (scales fp16 (n_blocks,), codes uint8 in 0..15 (n_blocks, 32)) exactly as ggml."""
+    x = _blocks(w)
+    idx = np.argmax(np.abs(x), axis=1)  # first element of largest magnitude
+    signed_max = x[np.arange(x.shape[0]), idx]
+    d = (signed_max / np.float32(-8.0)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)
+    shifted = (x * inv[:, None]).astype(np.float32) + np.float32(8.5)  # float32 add, as in C
+    q = np.minimum(15, np.trunc(shifted)).astype(np.uint8)
+    return d.astype(np.float16), q
+
+
+def pack_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Serialize Q8_0 blocks to ggml's byte layout: (n_blocks, 34) uint8."""
+    return np.concatenate([_scales_to_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
+
+
+def pack_q4_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Serialize Q4_0 blocks: (n_blocks, 18) uint8, low nibble = first half of the block."""
+    nibbles = (q[:, : QK // 2] | (q[:, QK // 2 :] << 4)).astype(np.uint8)
+    return np.concatenate([_scales_to_bytes(d), nibbles], axis=1)
+
+
+def dequantize_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return (d.astype(np.float32)[:, None] * q.astype(np.float32)).astype(np.float32)
+
+
+def dequantize_q4_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return ((q.astype(np.float32) - np.float32(8.0)) * d.astype(np.float32)[:, None]).astype(np.float32)
+
+
+def unpack_blocks(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of pack_*: split raw bytes (..., n_bytes) into (scales fp16, codes)."""
+    b = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, BLOCK_BYTES[kind])
+    d = b[:, :2].copy().view(np.float16).reshape(-1)
+    if kind == "Q8_0":
+        return d, b[:, 2:].copy().view(np.int8)
+    lo, hi = b[:, 2:] & 0x0F, b[:, 2:] >> 4
+    return d, np.concatenate([lo, hi], axis=1)
+
+
+CODECS = {
+    "Q8_0": (quantize_q8_0, pack_q8_0, dequantize_q8_0),
+    "Q4_0": (quantize_q4_0, pack_q4_0, dequantize_q4_0),
+}
+
+
+def quantize_tensor(kind: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize a 2-D float matrix: returns (packed bytes (rows, bytes_per_row), dequantized copy)."""
+    rows, cols = w.shape
+    if kind == "F32":
+        x = np.ascontiguousarray(w, dtype=np.float32)
+        return x.view(np.uint8).reshape(rows, cols * 4), x
+    if kind == "F16":
+        h = np.ascontiguousarray(w, dtype=np.float32).astype(np.float16)
+        return h.view(np.uint8).reshape(rows, cols * 2), h.astype(np.float32)
+    quant, pack, dequant = CODECS[kind]
+    d, q = quant(w)
+    packed = pack(d, q).reshape(rows, -1)
+    return packed, dequant(d, q).reshape(rows, cols)

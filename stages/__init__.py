@@ -1,0 +1,1 @@
+"""Pipeline stages: pure functions on torch modules plus thin adapters run(artifact, ctx)."""
