@@ -101,10 +101,11 @@ def cost_from_plan(
             continue  # an untied embedding is a lookup: one row per token
         streamed += w.numel * GGML_BITS[plans[w.name].effective] / 8
     matmul = sum(
-        w.numel for w in inventory
+        w.numel
+        for w in inventory
         if w.role in (TensorRole.ATTENTION, TensorRole.MLP, TensorRole.OUTPUT)
         or (w.role is TensorRole.EMBEDDING and tied)
-    )  # fmt: skip
+    )
     bpw = effective_bits_per_weight(inventory, plans)
     return ModelCost(
         stored_bytes=weight_bytes(inventory, plans) + facts.vocab_size * VOCAB_BYTES_PER_TOKEN,
@@ -162,30 +163,57 @@ def project_footprint(
 ) -> Footprint:
     """Size, peak RAM, decode and TTFT of ``cost`` on ``profile``; see the module docstring."""
     where = f"device:{profile.name}"
-    size = Figure(value=cost.stored_bytes / MIB, unit="MiB", where="file", basis=cost.basis,
-                  provenance=Provenance.MEASURED if measured_size else Provenance.ESTIMATED)  # fmt: skip
+    size = Figure(
+        value=cost.stored_bytes / MIB,
+        unit="MiB",
+        where="file",
+        basis=cost.basis,
+        provenance=Provenance.MEASURED if measured_size else Provenance.ESTIMATED,
+    )
     rt, prompt = profile.runtime, profile.budgets.ttft_prompt_tokens
     if measured_ram_mib is None:
-        ram_b = (cost.stored_bytes + cost.kv_bytes_per_token * rt.context_length
-                 + cost.vocab_size * 4 * min(prompt, 512) + rt.overhead_mib * MIB)  # fmt: skip
-        ram = Figure(value=ram_b / MIB, unit="MiB", provenance=Provenance.ESTIMATED, where=where,
-                     basis=f"file + F16 KV cache at {rt.context_length} tokens + logits + "
-                     f"{rt.overhead_mib:g} MiB runtime overhead")  # fmt: skip
+        ram_b = (
+            cost.stored_bytes
+            + cost.kv_bytes_per_token * rt.context_length
+            + cost.vocab_size * 4 * min(prompt, 512)
+            + rt.overhead_mib * MIB
+        )
+        ram = Figure(
+            value=ram_b / MIB,
+            unit="MiB",
+            provenance=Provenance.ESTIMATED,
+            where=where,
+            basis=f"file + F16 KV cache at {rt.context_length} tokens + logits + "
+            f"{rt.overhead_mib:g} MiB runtime overhead",
+        )
     else:
-        ram = Figure(value=measured_ram_mib, unit="MiB", provenance=Provenance.MEASURED, where="host",
-                     basis=f"peak RSS of llama.cpp at {rt.context_length}-token context, "
-                     "less the Python interpreter")  # fmt: skip
+        ram = Figure(
+            value=measured_ram_mib,
+            unit="MiB",
+            provenance=Provenance.MEASURED,
+            where="host",
+            basis=f"peak RSS of llama.cpp at {rt.context_length}-token context, less the Python interpreter",
+        )
     cal = calibration or Calibration()
     decode_ms, ttft_ms = roofline_ms(cost, profile)
     hw = profile.hardware
     gflops, prec = _peak_gflops(profile, cost)
     suffix = f"; {cal.basis}" if cal.basis else "; uncalibrated"
-    decode = Figure(value=decode_ms * cal.decode_scale, unit="ms/token", provenance=Provenance.ESTIMATED,
-                    where=where, basis=f"roofline: {cost.streamed_bytes / MIB:.0f} MiB/token at "
-                    f"{hw.memory_bandwidth_gbps:g} GB/s x {hw.bandwidth_efficiency_ratio:g}{suffix}")  # fmt: skip
-    ttft = Figure(value=ttft_ms * cal.ttft_scale, unit="ms", provenance=Provenance.ESTIMATED, where=where,
-                  basis=f"{prompt}-token prompt at {gflops:g} G{prec}-ops/s x "
-                  f"{hw.compute_efficiency_ratio:g}{suffix}")  # fmt: skip
+    decode = Figure(
+        value=decode_ms * cal.decode_scale,
+        unit="ms/token",
+        provenance=Provenance.ESTIMATED,
+        where=where,
+        basis=f"roofline: {cost.streamed_bytes / MIB:.0f} MiB/token at "
+        f"{hw.memory_bandwidth_gbps:g} GB/s x {hw.bandwidth_efficiency_ratio:g}{suffix}",
+    )
+    ttft = Figure(
+        value=ttft_ms * cal.ttft_scale,
+        unit="ms",
+        provenance=Provenance.ESTIMATED,
+        where=where,
+        basis=f"{prompt}-token prompt at {gflops:g} G{prec}-ops/s x {hw.compute_efficiency_ratio:g}{suffix}",
+    )
     return Footprint(size=size, ram=ram, decode=decode, ttft=ttft)
 
 
@@ -206,9 +234,16 @@ def check_budgets(footprint: Footprint, budgets: Budgets) -> list[BudgetCheck]:
             continue
         fig: Figure = getattr(footprint, attr)
         checks.append(
-            BudgetCheck(budget=field, limit=limit, value=fig.value, unit=fig.unit,
-                        provenance=fig.provenance, where=fig.where, passed=fig.value <= limit)
-        )  # fmt: skip
+            BudgetCheck(
+                budget=field,
+                limit=limit,
+                value=fig.value,
+                unit=fig.unit,
+                provenance=fig.provenance,
+                where=fig.where,
+                passed=fig.value <= limit,
+            )
+        )
     return checks
 
 

@@ -27,7 +27,9 @@ def find_model(root: Path) -> Path:
     candidates = sorted(root.glob("*.gguf"))
     if not candidates:
         present = ", ".join(sorted(p.name for p in root.iterdir())[:12]) or "nothing"
-        raise InputError(f"{root} holds no .gguf model (it holds: {present}); run 'compressor compress' first")
+        raise InputError(
+            f"{root} holds no .gguf model (it holds: {present}); run 'compressor compress' first"
+        )
     return root / "model.gguf" if (root / "model.gguf").is_file() else candidates[0]
 
 
@@ -56,9 +58,15 @@ def check(root: Path, device: str, overrides: dict[str, float | None]) -> RunRep
     stage, checks = measure_gguf(model, profile)
     failed = describe_failures(checks)
     return RunReport(
-        tool_version=__version__, command="check", model=str(model), device=profile.name,
+        tool_version=__version__,
+        command="check",
+        model=str(model),
+        device=profile.name,
         outcome=Outcome.BUDGET_MISSED if failed else Outcome.PASS,
         exit_code=int(ExitCode.BUDGET_MISSED if failed else ExitCode.OK),
         message=("budgets missed:\n" + "\n".join(f"  - {f}" for f in failed)) if failed else None,
-        stages=[stage], measured=stage.summary, checks=checks, artifacts={"gguf": model.name},
-    )  # fmt: skip
+        stages=[stage],
+        measured=stage.summary,
+        checks=checks,
+        artifacts={"gguf": model.name},
+    )

@@ -28,40 +28,63 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget overrides (replace the profile's value)")
     g.add_argument("--max-size-mib", type=float, metavar="MIB", help="largest model file allowed")
     g.add_argument("--max-ram-mib", type=float, metavar="MIB", help="peak RAM at the profile's context")
-    g.add_argument("--max-decode-ms", type=float, metavar="MS", dest="max_decode_ms_per_token",
-                   help="slowest decode allowed, ms per token")  # fmt: skip
+    g.add_argument(
+        "--max-decode-ms",
+        type=float,
+        metavar="MS",
+        dest="max_decode_ms_per_token",
+        help="slowest decode allowed, ms per token",
+    )
     g.add_argument("--max-ttft-ms", type=float, metavar="MS", help="slowest time to first token allowed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="compressor", formatter_class=fmt, epilog=EXIT_CODES_HELP,
+        prog="compressor",
+        formatter_class=fmt,
+        epilog=EXIT_CODES_HELP,
         description="Compress a trained transformer to fit an edge device, and prove that it fits.",
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=f"compressor {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    c = sub.add_parser("compress", help="compress MODEL for a device profile", formatter_class=fmt,
-                       epilog=EXIT_CODES_HELP,
-                       description="load -> quantize -> export (GGUF) -> measure -> package, checking the "
-                       "device budgets after every stage.")  # fmt: skip
+    c = sub.add_parser(
+        "compress",
+        help="compress MODEL for a device profile",
+        formatter_class=fmt,
+        epilog=EXIT_CODES_HELP,
+        description="load -> quantize -> export (GGUF) -> measure -> package, checking the "
+        "device budgets after every stage.",
+    )
     c.add_argument("model", help="built-in name (smollm2-135m), a .gguf file, or a Hugging Face directory")
     c.add_argument("--device", required=True, help="profile name (see 'compressor profiles list') or .toml")
     c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
-    c.add_argument("--quant", default="gguf:Q4_0", dest="scheme",
-                   help="weight format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K (default gguf:Q4_0)")  # fmt: skip
-    c.add_argument("--embedding-type", help="type of the (tied) embedding/output, e.g. Q8_0 (default: "
-                   "Q8_0 for 4-bit schemes)")  # fmt: skip
+    c.add_argument(
+        "--quant",
+        default="gguf:Q4_0",
+        dest="scheme",
+        help="weight format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K (default gguf:Q4_0)",
+    )
+    c.add_argument(
+        "--embedding-type",
+        help="type of the (tied) embedding/output, e.g. Q8_0 (default: Q8_0 for 4-bit schemes)",
+    )
     _budget_flags(c)
     c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
     c.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    c.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code (unsafe)")
+    c.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a model's own Python code (unsafe)"
+    )
     c.add_argument("--quiet", action="store_true", help="no progress display")
 
-    k = sub.add_parser("check", help="re-measure an artifact and gate on the budgets (for CI)",
-                       formatter_class=fmt, epilog=EXIT_CODES_HELP)  # fmt: skip
+    k = sub.add_parser(
+        "check",
+        help="re-measure an artifact and gate on the budgets (for CI)",
+        formatter_class=fmt,
+        epilog=EXIT_CODES_HELP,
+    )
     k.add_argument("artifact", type=Path, help="output directory of 'compress' (or a .gguf file)")
     k.add_argument("--device", required=True, help="profile name or .toml path")
     _budget_flags(k)
@@ -87,8 +110,9 @@ def _progress(enabled: bool) -> Iterator[Any]:
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  transient=False) as prog:  # fmt: skip
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
+    ) as prog:
 
         @contextlib.contextmanager
         def stage(name: str, text: str) -> Iterator[None]:
@@ -112,8 +136,13 @@ def _print_checks(report: Any) -> None:
             table.add_column(col)
         for c in report.checks:
             result = "[green]ok[/]" if c.passed else "[red bold]MISSED[/]"
-            table.add_row(c.budget, f"{c.limit:g} {c.unit}", f"{c.value:.1f} {c.unit}", result,
-                          f"{c.provenance.value} ({c.where})")  # fmt: skip
+            table.add_row(
+                c.budget,
+                f"{c.limit:g} {c.unit}",
+                f"{c.value:.1f} {c.unit}",
+                result,
+                f"{c.provenance.value} ({c.where})",
+            )
         console.print(table)
 
 
@@ -139,8 +168,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"error: {report.message}", file=sys.stderr)
         print(f"reports written to {req.out}/report.json and report.md", file=sys.stderr)
     else:
-        print(f"wrote {req.out}/model.gguf ({report.measured.get('file_bytes', 0) / 2**20:.1f} MiB), "
-              f"report.json, report.md, manifest.json")  # fmt: skip
+        print(
+            f"wrote {req.out}/model.gguf ({report.measured.get('file_bytes', 0) / 2**20:.1f} MiB), "
+            f"report.json, report.md, manifest.json"
+        )
     return report.exit_code
 
 
@@ -208,7 +239,9 @@ def _quiet_libraries(debug: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not debug:
         os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws its own bar
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not debug:
         warnings.filterwarnings("ignore")
         for name in ("transformers", "gguf", "torch"):
@@ -239,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return int(ExitCode.INTERNAL)
     finally:
         logging.getLogger(__name__).debug("%s took %.1f s", args.command, time.perf_counter() - start)

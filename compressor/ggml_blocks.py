@@ -50,8 +50,11 @@ def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantize_q4_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return (scales fp16 (n_blocks,), codes uint8 in 0..15 (n_blocks, 32)) exactly as ggml."""
     x = _blocks(w)
-    idx = np.argmax(np.abs(x), axis=1)  # first element of largest magnitude
-    signed_max = x[np.arange(x.shape[0]), idx]
+    mag = np.abs(x)
+    idx = np.argmax(mag, axis=1)  # first element of largest magnitude
+    # C starts from max = +0.0f and only replaces it on a strictly larger |v|: a block of zeros
+    # (even of -0.0) keeps +0.0, so d = -0.0.
+    signed_max = np.where(mag.max(axis=1) > 0, x[np.arange(x.shape[0]), idx], np.float32(0.0))
     d = (signed_max / np.float32(-8.0)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1.0) / d, np.float32(0.0)).astype(np.float32)

@@ -14,7 +14,12 @@ from typing import Any
 
 from compressor.artifact import ModelArtifact, ModelSource, SourceKind, facts_from_config
 from compressor.errors import InputError, MissingDependency, ModelLoadError
-from compressor.vocab import GGUFVocab, hf_tokenizer_from_vocab, vocab_from_gguf_fields, vocab_from_hf_tokenizer
+from compressor.vocab import (
+    GGUFVocab,
+    hf_tokenizer_from_vocab,
+    vocab_from_gguf_fields,
+    vocab_from_hf_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +151,12 @@ def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
     _check_model_type(config.model_type, str(path / "config.json"))
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=True, local_files_only=True,
+            path,
+            dtype=torch.float32,
+            use_safetensors=True,
+            local_files_only=True,
             trust_remote_code=trust_remote_code,
-        )  # fmt: skip
+        )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
     except Exception as exc:
         raise ModelLoadError(f"could not load the model in {path}: {type(exc).__name__}: {exc}") from None

@@ -32,7 +32,9 @@ class OutputDir:
             t.parent.mkdir(parents=True, exist_ok=True)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{t.name}.partial-", dir=t.parent))
         except OSError as exc:
-            raise OutputError(f"cannot write to {t.parent}: {exc.strerror or exc}; choose another --out") from None
+            raise OutputError(
+                f"cannot write to {t.parent}: {exc.strerror or exc}; choose another --out"
+            ) from None
         return self.staging
 
     def _swap_in(self, src: Path) -> None:

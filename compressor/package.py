@@ -22,8 +22,14 @@ def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile
     for p in sorted(root.rglob("*")):
         if p.is_file() and p.name not in ("manifest.json", "report.json", "report.md"):
             role = "model" if p.suffix in (".gguf", ".onnx", ".ort") else "tokenizer"
-            files.append({"path": p.relative_to(root).as_posix(), "role": role, "bytes": p.stat().st_size,
-                          "sha256": sha256_file(p)})  # fmt: skip
+            files.append(
+                {
+                    "path": p.relative_to(root).as_posix(),
+                    "role": role,
+                    "bytes": p.stat().st_size,
+                    "sha256": sha256_file(p),
+                }
+            )
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "created_by": f"compressor {report.tool_version}",

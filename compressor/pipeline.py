@@ -65,11 +65,19 @@ class Run:
 
     def report(self, outcome: Outcome, code: ExitCode, message: str | None = None) -> RunReport:
         return RunReport(
-            tool_version=__version__, command="compress", model=self.req.model, device=self.ctx.profile.name,
-            scheme=self.ctx.scheme.name, outcome=outcome, exit_code=int(code), message=message,
-            stages=self.stages, measured=self.measured, checks=self.final_checks,
+            tool_version=__version__,
+            command="compress",
+            model=self.req.model,
+            device=self.ctx.profile.name,
+            scheme=self.ctx.scheme.name,
+            outcome=outcome,
+            exit_code=int(code),
+            message=message,
+            stages=self.stages,
+            measured=self.measured,
+            checks=self.final_checks,
             artifacts={"gguf": "model.gguf"} if outcome is Outcome.PASS else {},
-        )  # fmt: skip
+        )
 
     def gate(self, report: StageReport) -> None:
         """Stop the run if a budget check after this stage failed (unless --keep-going)."""
@@ -79,8 +87,9 @@ class Run:
             self.final_checks = report.checks
             raise BudgetExceeded(
                 f"stopped after '{report.stage}': the projected footprint cannot fit "
-                f"'{self.ctx.profile.name}'", failed,
-            )  # fmt: skip
+                f"'{self.ctx.profile.name}'",
+                failed,
+            )
 
 
 def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, QuantScheme]:
@@ -101,8 +110,9 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         with progress("load", f"loading {req.model}"):
             start = time.perf_counter()
             artifact = load_model(req.model, trust_remote_code=req.trust_remote_code)
-            load = StageReport(stage="load", seconds=time.perf_counter() - start,
-                               summary=artifact.facts.model_dump())  # fmt: skip
+            load = StageReport(
+                stage="load", seconds=time.perf_counter() - start, summary=artifact.facts.model_dump()
+            )
         run.stages.append(load)
     except BaseException:
         out.abandon()  # bad input: nothing written

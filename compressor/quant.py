@@ -34,19 +34,39 @@ class TensorRole(StrEnum):
 
 # Bits per weight of each ggml type (block bytes * 8 / block elements) and its block size.
 GGML_BITS: dict[str, float] = {
-    "F32": 32.0, "F16": 16.0, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0,
-    "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625,
-}  # fmt: skip
+    "F32": 32.0,
+    "F16": 16.0,
+    "Q8_0": 8.5,
+    "Q4_0": 4.5,
+    "Q4_1": 5.0,
+    "Q5_0": 5.5,
+    "Q5_1": 6.0,
+    "Q4_K": 4.5,
+    "Q5_K": 5.5,
+    "Q6_K": 6.5625,
+}
 GGML_BLOCK: dict[str, int] = {
-    "F32": 1, "F16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-    "Q4_K": 256, "Q5_K": 256, "Q6_K": 256,
-}  # fmt: skip
+    "F32": 1,
+    "F16": 1,
+    "Q8_0": 32,
+    "Q4_0": 32,
+    "Q4_1": 32,
+    "Q5_0": 32,
+    "Q5_1": 32,
+    "Q4_K": 256,
+    "Q5_K": 256,
+    "Q6_K": 256,
+}
 # llama.cpp's fallback when a row is not a multiple of the type's block (llama-quant.cpp).
 GGML_FALLBACK: dict[str, str] = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 OWN_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
 # llama.cpp file types (enum llama_ftype) we delegate to its quantizer, and their base tensor type.
-LLAMA_FTYPES: dict[str, tuple[int, str]] = {"Q4_K_M": (15, "Q4_K"), "Q5_K_M": (17, "Q5_K"), "Q6_K": (18, "Q6_K")}
+LLAMA_FTYPES: dict[str, tuple[int, str]] = {
+    "Q4_K_M": (15, "Q4_K"),
+    "Q5_K_M": (17, "Q5_K"),
+    "Q6_K": (18, "Q6_K"),
+}
 
 
 class TensorPlan(BaseModel):

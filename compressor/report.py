@@ -75,10 +75,11 @@ def render_markdown(r: RunReport) -> str:
     ]
     if r.checks:
         lines += [
-            "## Budgets", "",
+            "## Budgets",
+            "",
             "| budget | limit | value | | kind | where |",
             "|---|---:|---:|:-:|---|---|",
-        ]  # fmt: skip
+        ]
         for c in r.checks:
             mark = "ok" if c.passed else "**MISSED**"
             lines.append(
@@ -98,12 +99,18 @@ def render_markdown(r: RunReport) -> str:
         lines.append("")
         for s in r.stages:
             if s.footprint:
-                lines += [f"### Footprint after {s.stage}", "", "| figure | value | kind | basis |",
-                          "|---|---:|---|---|"]  # fmt: skip
+                lines += [
+                    f"### Footprint after {s.stage}",
+                    "",
+                    "| figure | value | kind | basis |",
+                    "|---|---:|---|---|",
+                ]
                 for name in ("size", "ram", "decode", "ttft"):
                     f = getattr(s.footprint, name)
-                    lines.append(f"| {name} | {_fmt(f.value)} {f.unit} | {f.provenance.value} ({f.where}) | "
-                                 f"{f.basis} |")  # fmt: skip
+                    lines.append(
+                        f"| {name} | {_fmt(f.value)} {f.unit} | {f.provenance.value} ({f.where}) | "
+                        f"{f.basis} |"
+                    )
                 lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -118,9 +125,13 @@ def render_junit(r: RunReport) -> str:
     for c in r.checks:
         body = ""
         if not c.passed:
-            msg = f"{c.budget}: {c.value:.2f} {c.unit} > limit {c.limit:g} {c.unit} ({c.provenance.value}, {c.where})"
+            msg = (
+                f"{c.budget}: {c.value:.2f} {c.unit} > limit {c.limit:g} {c.unit} "
+                f"({c.provenance.value}, {c.where})"
+            )
             body = f"<failure message={quoteattr(msg)}>{escape(msg)}</failure>"
-        cases.append(f'    <testcase classname="budgets.{escape(r.device)}" name="{escape(c.budget)}">{body}</testcase>')
+        name = f'classname="budgets.{escape(r.device)}" name="{escape(c.budget)}"'
+        cases.append(f"    <testcase {name}>{body}</testcase>")
     if r.outcome is Outcome.ERROR:
         msg = r.message or "error"
         cases.append(

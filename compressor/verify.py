@@ -18,7 +18,9 @@ from compressor.report import StageReport
 HOST_PROFILE = "host"
 
 
-def measure_gguf(path: Path, profile: DeviceProfile, repeats: int = 3) -> tuple[StageReport, list[BudgetCheck]]:
+def measure_gguf(
+    path: Path, profile: DeviceProfile, repeats: int = 3
+) -> tuple[StageReport, list[BudgetCheck]]:
     """Measure ``path`` in llama.cpp on this host and check it against ``profile``'s budgets.
 
     Host figures are measured with the host profile's thread count at the *target* profile's context
@@ -32,9 +34,13 @@ def measure_gguf(path: Path, profile: DeviceProfile, repeats: int = 3) -> tuple[
     host = load_profile(HOST_PROFILE)
     threads = min(host.runtime.threads, os.cpu_count() or 1)
     m = llama_runtime.measure(
-        path.resolve(), threads=threads, n_ctx=profile.runtime.context_length,
-        prompt_tokens=profile.budgets.ttft_prompt_tokens, gen_tokens=32, repeats=repeats,
-    )  # fmt: skip
+        path.resolve(),
+        threads=threads,
+        n_ctx=profile.runtime.context_length,
+        prompt_tokens=profile.budgets.ttft_prompt_tokens,
+        gen_tokens=32,
+        repeats=repeats,
+    )
     cal = calibrate(cost, host, m["decode_ms_per_token"], m["ttft_ms"])
     footprint = project_footprint(
         cost, profile, cal, measured_size=True, measured_ram_mib=m["runtime_rss_mib"]
@@ -55,7 +61,10 @@ def measure_gguf(path: Path, profile: DeviceProfile, repeats: int = 3) -> tuple[
         **{f"gguf_{k}": v for k, v in summary.items()},
     }
     report = StageReport(
-        stage="measure", seconds=time.perf_counter() - start, summary=measured, footprint=footprint,
+        stage="measure",
+        seconds=time.perf_counter() - start,
+        summary=measured,
+        footprint=footprint,
         checks=checks,
-    )  # fmt: skip
+    )
     return report, checks

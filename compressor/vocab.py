@@ -43,9 +43,7 @@ def _pre_tokenizer(pre: str) -> Any:
         return pt.Sequence([pt.Digits(individual_digits=True), byte_level])
     if pre in ("gpt2", "default"):
         return byte_level
-    raise ModelLoadError(
-        f"tokenizer pre-tokenizer '{pre}' is not supported yet (supported: smollm, gpt2)"
-    )
+    raise ModelLoadError(f"tokenizer pre-tokenizer '{pre}' is not supported yet (supported: smollm, gpt2)")
 
 
 def vocab_from_gguf_fields(fields: dict[str, Any]) -> GGUFVocab:
@@ -126,10 +124,18 @@ def vocab_from_hf_tokenizer(tok: Any) -> GGUFVocab:
         return tok.convert_tokens_to_ids(t) if t else None
 
     return GGUFVocab(
-        model="gpt2", pre=pre, tokens=tokens, token_types=types, merges=merges,
-        bos_id=tid(tok.bos_token), eos_id=tid(tok.eos_token), unk_id=tid(tok.unk_token),
-        pad_id=tid(tok.pad_token), add_bos=False, chat_template=tok.chat_template,
-    )  # fmt: skip
+        model="gpt2",
+        pre=pre,
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
+        bos_id=tid(tok.bos_token),
+        eos_id=tid(tok.eos_token),
+        unk_id=tid(tok.unk_token),
+        pad_id=tid(tok.pad_token),
+        add_bos=False,
+        chat_template=tok.chat_template,
+    )
 
 
 def _detect_pre(pre: dict[str, Any]) -> str:

@@ -65,9 +65,11 @@ def _add_vocab(writer: Any, vocab: GGUFVocab) -> None:
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
     for setter, value in (
-        (writer.add_bos_token_id, vocab.bos_id), (writer.add_eos_token_id, vocab.eos_id),
-        (writer.add_unk_token_id, vocab.unk_id), (writer.add_pad_token_id, vocab.pad_id),
-    ):  # fmt: skip
+        (writer.add_bos_token_id, vocab.bos_id),
+        (writer.add_eos_token_id, vocab.eos_id),
+        (writer.add_unk_token_id, vocab.unk_id),
+        (writer.add_pad_token_id, vocab.pad_id),
+    ):
         if value is not None:
             setter(int(value))
     writer.add_add_bos_token(vocab.add_bos)

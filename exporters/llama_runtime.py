@@ -21,8 +21,11 @@ def _run(req: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
     require("llama_cpp", "llamacpp")
     proc = subprocess.run(
         [sys.executable, "-m", "exporters.llama_worker", json.dumps(req)],
-        capture_output=True, text=True, timeout=timeout_s, cwd=Path(__file__).resolve().parent.parent,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise InputError(
@@ -31,11 +34,21 @@ def _run(req: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(model: Path, threads: int, n_ctx: int, prompt_tokens: int, gen_tokens: int = 32,
-            repeats: int = 3) -> dict[str, Any]:  # fmt: skip
+def measure(
+    model: Path, threads: int, n_ctx: int, prompt_tokens: int, gen_tokens: int = 32, repeats: int = 3
+) -> dict[str, Any]:
     """Host figures for ``model`` in llama.cpp: TTFT, decode ms/token (median), peak RSS."""
-    return _run({"op": "measure", "model": str(model), "threads": threads, "n_ctx": n_ctx,
-                 "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeats": repeats})  # fmt: skip
+    return _run(
+        {
+            "op": "measure",
+            "model": str(model),
+            "threads": threads,
+            "n_ctx": n_ctx,
+            "prompt_tokens": prompt_tokens,
+            "gen_tokens": gen_tokens,
+            "repeats": repeats,
+        }
+    )
 
 
 def logits(model: Path, ids: list[int], threads: int = 2) -> np.ndarray:
@@ -48,13 +61,16 @@ def logits(model: Path, ids: list[int], threads: int = 2) -> np.ndarray:
 
 
 def greedy(model: Path, prompt_ids: list[int], n_new: int, threads: int = 2) -> list[int]:
-    return _run({"op": "greedy", "model": str(model), "prompt_ids": prompt_ids, "n_new": n_new,
-                 "threads": threads})["ids"]  # fmt: skip
+    return _run(
+        {"op": "greedy", "model": str(model), "prompt_ids": prompt_ids, "n_new": n_new, "threads": threads}
+    )["ids"]
 
 
 def quantize_file(src: Path, dst: Path, ftype: int, pure: bool = False, threads: int = 2) -> None:
     """llama.cpp's quantizer from ``src`` (F32/F16 GGUF) to ``dst`` as llama_ftype ``ftype``."""
-    _run({"op": "quantize", "src": str(src), "dst": str(dst), "ftype": ftype, "pure": pure, "threads": threads})
+    _run(
+        {"op": "quantize", "src": str(src), "dst": str(dst), "ftype": ftype, "pure": pure, "threads": threads}
+    )
 
 
 def tokenize(model: Path, text: str) -> list[int]:

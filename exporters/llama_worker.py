@@ -34,10 +34,15 @@ def _open(req: dict[str, Any], logits_all: bool) -> Any:
     import llama_cpp
 
     return llama_cpp.Llama(
-        model_path=req["model"], n_ctx=req.get("n_ctx", 512), n_threads=req.get("threads", 2),
-        n_threads_batch=req.get("threads", 2), n_batch=req.get("n_batch", 512), logits_all=logits_all,
-        verbose=False, seed=0,
-    )  # fmt: skip
+        model_path=req["model"],
+        n_ctx=req.get("n_ctx", 512),
+        n_threads=req.get("threads", 2),
+        n_threads_batch=req.get("threads", 2),
+        n_batch=req.get("n_batch", 512),
+        logits_all=logits_all,
+        verbose=False,
+        seed=0,
+    )
 
 
 def _logits(req: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +123,13 @@ def _quantize(req: dict[str, Any]) -> dict[str, Any]:
     return {"rc": rc}
 
 
-OPS = {"measure": _measure, "logits": _logits, "greedy": _greedy, "tokenize": _tokenize, "quantize": _quantize}
+OPS = {
+    "measure": _measure,
+    "logits": _logits,
+    "greedy": _greedy,
+    "tokenize": _tokenize,
+    "quantize": _quantize,
+}
 
 
 def main() -> int:

@@ -37,17 +37,22 @@ def _tolerance_key(artifact: ModelArtifact) -> str:
     return "half" if scheme.weight_type == "F16" else "quantized"
 
 
-def export_and_validate(artifact: ModelArtifact, out_dir: Path, n_tokens: int = 128) -> tuple[StageReport, Path]:
+def export_and_validate(
+    artifact: ModelArtifact, out_dir: Path, n_tokens: int = 128
+) -> tuple[StageReport, Path]:
     start = time.perf_counter()
     path = export_gguf(artifact, out_dir)
     text = validation_text()
     ids = artifact.tokenizer(text, add_special_tokens=False).input_ids
     theirs = llama_runtime.tokenize(path.resolve(), text)
     if ids != theirs:
-        first = next((i for i, (a, b) in enumerate(zip(ids, theirs, strict=False)) if a != b), min(len(ids), len(theirs)))
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ids, theirs, strict=False)) if a != b),
+            min(len(ids), len(theirs)),
+        )
         raise ValidationError(
             f"{path.name}: llama.cpp tokenizes the validation text differently from the HF tokenizer",
-            [f"first difference at token {first}: ours {ids[first:first + 4]} vs llama.cpp {theirs[first:first + 4]}"],
+            [f"first difference at token {first}: ours {ids[first:][:4]}, llama.cpp {theirs[first:][:4]}"],
         )
     ids = ids[:n_tokens]
     with torch.no_grad():

@@ -94,8 +94,11 @@ class QuantizeStage:
             "quantized_by": "llama.cpp (at export)" if ctx.scheme.delegated_to_llama_cpp else "compressor",
         }
         new = artifact.evolve(
-            self.name, model=model, scheme=ctx.scheme, quantized=packed,
+            self.name,
+            model=model,
+            scheme=ctx.scheme,
+            quantized=packed,
             precision=ctx.scheme.weight_type,
-        )  # fmt: skip
+        )
         report = StageReport(stage=self.name, seconds=time.perf_counter() - start, summary=summary)
         return StageResult(artifact=new, report=report)

