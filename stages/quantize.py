@@ -82,8 +82,16 @@ class QuantizeStage:
     def run(self, artifact: ModelArtifact, ctx: StageContext) -> StageResult:
         start = time.perf_counter()
         model, packed, stats = quantize_model(artifact.model, ctx.scheme)
-        for fb in stats.fallbacks[:3]:
-            log.warning("%s: %s -> %s (%s)", fb.tensor, fb.requested, fb.effective, fb.reason)
+        if stats.fallbacks:
+            moves = Counter(f"{fb.requested}->{fb.effective}" for fb in stats.fallbacks)
+            log.warning(
+                "%d tensors cannot be stored as requested (%s; e.g. %s: %s); effective %.2f bits/weight",
+                len(stats.fallbacks),
+                ", ".join(f"{k} x{v}" for k, v in moves.items()),
+                stats.fallbacks[0].tensor,
+                stats.fallbacks[0].reason,
+                stats.bits_per_weight,
+            )
         summary: dict[str, Any] = {
             "scheme": stats.scheme,
             "bits_per_weight": stats.bits_per_weight,

@@ -78,3 +78,44 @@ def test_budget_overrides_are_validated() -> None:
     assert prof.budgets.max_size_mib == 10
     with pytest.raises(ProfileError, match="max_size_mib"):
         load_profile("host").with_budgets(max_size_mib=-5)
+
+
+def test_profiles_ship_inside_the_wheel(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ into the source tree
+    for name in ("compressor", "stages", "exporters", "device_profiles"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    wheels = tmp_path / "wheels"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+        str(src),
+    ]
+    subprocess.run(cmd, check=True, capture_output=True)
+    (wheel,) = wheels.glob("compressor-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"device_profiles/{n}.toml" for n in REQUIRED} <= names
+    assert "compressor/data/validation.txt" in names
+
+
+def test_profiles_cli_lists_and_shows(capsys) -> None:
+    from compressor.cli import main
+
+    assert main(["profiles", "list"]) == 0
+    assert "raspberry-pi-5" in capsys.readouterr().out
+    assert main(["profiles", "show", "raspberry-pi-5"]) == 0
+    assert '"memory_bandwidth_gbps": 17.1' in capsys.readouterr().out
