@@ -125,6 +125,14 @@ def _progress(enabled: bool) -> Iterator[Any]:
         yield stage
 
 
+BUDGET_LABELS = {
+    "max_size_mib": "size",
+    "max_ram_mib": "peak RAM",
+    "max_decode_ms_per_token": "decode",
+    "max_ttft_ms": "TTFT",
+}
+
+
 def _print_checks(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -137,7 +145,7 @@ def _print_checks(report: Any) -> None:
         for c in report.checks:
             result = "[green]ok[/]" if c.passed else "[red bold]MISSED[/]"
             table.add_row(
-                c.budget,
+                BUDGET_LABELS.get(c.budget, c.budget),
                 f"{c.limit:g} {c.unit}",
                 f"{c.value:.1f} {c.unit}",
                 result,
