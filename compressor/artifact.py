@@ -69,11 +69,13 @@ class WeightInfo:
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """Packed blocks for one weight, exactly as they will be written (rows, bytes_per_row)."""
+    """One weight exactly as it will be written: ``kind`` is the effective type of its plan;
+    ``data`` is the packed ggml blocks (rows, bytes_per_row) for GGUF types, or an
+    ``onnx_blocks.BlockQuant`` for ONNX types."""
 
-    ggml_type: str
+    kind: str
     shape: tuple[int, ...]
-    data: np.ndarray
+    data: Any
 
 
 @dataclass(frozen=True)

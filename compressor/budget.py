@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from compressor.artifact import ModelFacts, WeightInfo
 from compressor.device_profile import Budgets, DeviceProfile
-from compressor.quant import GGML_BITS, QuantScheme, TensorPlan, TensorRole
+from compressor.quant import QuantScheme, TensorPlan, TensorRole
 
 MIB = 1024 * 1024
 VOCAB_BYTES_PER_TOKEN = 40  # GGUF tokenizer metadata per vocab entry (token text, type, merge), estimate
@@ -58,6 +58,7 @@ class BudgetCheck(BaseModel):
     provenance: Provenance
     where: str
     passed: bool
+    artifact: str = ""  # which file the check judges ("" for a projection)
 
     @property
     def overshoot_ratio(self) -> float:
@@ -69,7 +70,7 @@ def plan_tensors(inventory: list[WeightInfo], scheme: QuantScheme) -> dict[str, 
 
 
 def weight_bytes(inventory: list[WeightInfo], plans: dict[str, TensorPlan]) -> float:
-    return sum(w.numel * GGML_BITS[plans[w.name].effective] / 8 for w in inventory)
+    return sum(w.numel * plans[w.name].bits / 8 for w in inventory)
 
 
 def effective_bits_per_weight(inventory: list[WeightInfo], plans: dict[str, TensorPlan]) -> float:
@@ -99,7 +100,7 @@ def cost_from_plan(
     for w in inventory:
         if w.role is TensorRole.EMBEDDING and not tied:
             continue  # an untied embedding is a lookup: one row per token
-        streamed += w.numel * GGML_BITS[plans[w.name].effective] / 8
+        streamed += w.numel * plans[w.name].bits / 8
     matmul = sum(
         w.numel
         for w in inventory
@@ -113,7 +114,7 @@ def cost_from_plan(
         matmul_params=matmul,
         kv_bytes_per_token=facts.kv_cache_bytes(1),
         vocab_size=facts.vocab_size,
-        quantized=any(p.effective not in ("F32", "F16") for p in plans.values()),
+        quantized=any(p.bits < 16 for p in plans.values()),
         basis=f"estimated: {scheme_name} at {bpw:.2f} bits/weight + tokenizer",
     )
 
@@ -159,7 +160,7 @@ def project_footprint(
     profile: DeviceProfile,
     calibration: Calibration | None = None,
     measured_size: bool = False,
-    measured_ram_mib: float | None = None,
+    ram: Figure | None = None,
 ) -> Footprint:
     """Size, peak RAM, decode and TTFT of ``cost`` on ``profile``; see the module docstring."""
     where = f"device:{profile.name}"
@@ -171,7 +172,7 @@ def project_footprint(
         provenance=Provenance.MEASURED if measured_size else Provenance.ESTIMATED,
     )
     rt, prompt = profile.runtime, profile.budgets.ttft_prompt_tokens
-    if measured_ram_mib is None:
+    if ram is None:
         ram_b = (
             cost.stored_bytes
             + cost.kv_bytes_per_token * rt.context_length
@@ -185,14 +186,6 @@ def project_footprint(
             where=where,
             basis=f"file + F16 KV cache at {rt.context_length} tokens + logits + "
             f"{rt.overhead_mib:g} MiB runtime overhead",
-        )
-    else:
-        ram = Figure(
-            value=measured_ram_mib,
-            unit="MiB",
-            provenance=Provenance.MEASURED,
-            where="host",
-            basis=f"peak RSS of llama.cpp at {rt.context_length}-token context, less the Python interpreter",
         )
     cal = calibration or Calibration()
     decode_ms, ttft_ms = roofline_ms(cost, profile)
@@ -225,7 +218,7 @@ BUDGET_FIELDS = {
 }
 
 
-def check_budgets(footprint: Footprint, budgets: Budgets) -> list[BudgetCheck]:
+def check_budgets(footprint: Footprint, budgets: Budgets, artifact: str = "") -> list[BudgetCheck]:
     """One check per budget the profile sets; figures come from ``footprint``."""
     checks = []
     for field, attr in BUDGET_FIELDS.items():
@@ -242,6 +235,7 @@ def check_budgets(footprint: Footprint, budgets: Budgets) -> list[BudgetCheck]:
                 provenance=fig.provenance,
                 where=fig.where,
                 passed=fig.value <= limit,
+                artifact=artifact,
             )
         )
     return checks
@@ -249,7 +243,8 @@ def check_budgets(footprint: Footprint, budgets: Budgets) -> list[BudgetCheck]:
 
 def describe_failures(checks: list[BudgetCheck]) -> list[str]:
     return [
-        f"{c.budget}: {c.provenance.value} {c.value:.1f} {c.unit} ({c.where}) > limit {c.limit:g} {c.unit} "
+        f"{c.artifact + ': ' if c.artifact else ''}{c.budget}: {c.provenance.value} {c.value:.1f} {c.unit} "
+        f"({c.where}) > limit {c.limit:g} {c.unit} "
         f"(over by {c.value - c.limit:.1f} {c.unit}, {100 * c.overshoot_ratio:.0f}%)"
         for c in checks
         if not c.passed

@@ -63,9 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
     c.add_argument(
         "--quant",
-        default="gguf:Q4_0",
-        dest="scheme",
-        help="weight format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K (default gguf:Q4_0)",
+        help="weight format(s), comma-separated, one per format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K, "
+        "onnx:fp32|int8|int4[-asym][-blockN] (default gguf:Q4_0)",
+    )
+    c.add_argument(
+        "--formats", help="export formats, e.g. onnx,gguf (default scheme per format: gguf:Q4_0, onnx:int4)"
+    )
+    c.add_argument(
+        "--mobile", action="store_true", help="also write the ORT format (.ort) for onnxruntime-mobile"
+    )
+    c.add_argument(
+        "--onnx-accuracy-level",
+        type=int,
+        default=4,
+        choices=range(5),
+        metavar="0-4",
+        help="onnxruntime MatMulNBits compute type: 0 fp32 activations, 4 int8 (default, fastest)",
     )
     c.add_argument(
         "--embedding-type",
@@ -137,14 +150,15 @@ def _print_checks(report: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
     if report.checks:
         table = Table(title=f"budgets on {report.device}")
-        for col in ("budget", "limit", "value", "result", "kind"):
+        for col in ("file", "budget", "limit", "value", "result", "kind"):
             table.add_column(col)
         for c in report.checks:
             result = "[green]ok[/]" if c.passed else "[red bold]MISSED[/]"
             table.add_row(
+                c.artifact or "(projected)",
                 BUDGET_LABELS.get(c.budget, c.budget),
                 f"{c.limit:g} {c.unit}",
                 f"{c.value:.1f} {c.unit}",
@@ -176,10 +190,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         print(f"error: {report.message}", file=sys.stderr)
         print(f"reports written to {req.out}/report.json and report.md", file=sys.stderr)
     else:
-        print(
-            f"wrote {req.out}/model.gguf ({report.measured.get('file_bytes', 0) / 2**20:.1f} MiB), "
-            f"report.json, report.md, manifest.json"
-        )
+        files = ", ".join(f"{f} ({m['file_bytes'] / 2**20:.1f} MiB)" for f, m in report.measured.items())
+        print(f"wrote {req.out}: {files}, report.json, report.md, manifest.json")
     return report.exit_code
 
 

@@ -15,8 +15,11 @@ class CompressRequest(BaseModel):
     model: str = "smollm2-135m"
     device: str = "raspberry-pi-5"
     out: Path
-    scheme: str = "gguf:Q4_0"
+    quant: str | None = None  # comma-separated schemes; None: a default per format (gguf:Q4_0)
+    formats: str | None = None  # e.g. "onnx,gguf": add the default scheme of each format not in quant
     embedding_type: str | None = None
+    onnx_accuracy_level: Annotated[int, Field(ge=0, le=4)] = 4
+    mobile: bool = False  # also write the ORT format (.ort) for onnxruntime-mobile
     max_size_mib: PositiveOpt = None
     max_ram_mib: PositiveOpt = None
     max_decode_ms_per_token: PositiveOpt = None

@@ -1,5 +1,5 @@
-"""The compress pipeline: load -> quantize -> export -> measure -> package, with a budget check
-after every stage. Composition layer: it may import stages/ and exporters/.
+"""The compress pipeline: load -> (per target scheme) quantize -> export -> measure -> package,
+with a budget check after every stage. Composition layer: it may import stages/ and exporters/.
 
 Failure policy: problems with the input (profile, output location, model files) raise before anything
 is written. Once the model is loaded, every stop (a budget that cannot be met, a validation failure)
@@ -9,6 +9,7 @@ still writes ``report.json`` and ``report.md`` into the output directory, and no
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -28,10 +29,10 @@ from compressor.budget import (
 )
 from compressor.config import CompressRequest
 from compressor.device_profile import DeviceProfile, load_profile
-from compressor.errors import BudgetExceeded, CompressorError, ExitCode
+from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
-from compressor.quant import QuantScheme
+from compressor.quant import ExportFormat, QuantScheme
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 
@@ -57,26 +58,27 @@ def project_after(artifact: ModelArtifact, ctx: StageContext, report: StageRepor
 class Run:
     """One compress run: holds the reports so far, so a stop at any point can be written out."""
 
-    def __init__(self, req: CompressRequest, profile: DeviceProfile, scheme: QuantScheme) -> None:
-        self.req, self.ctx = req, StageContext(profile=profile, scheme=scheme)
+    def __init__(self, req: CompressRequest, profile: DeviceProfile, schemes: list[QuantScheme]) -> None:
+        self.req, self.profile, self.schemes = req, profile, schemes
         self.stages: list[StageReport] = []
-        self.measured: dict[str, Any] = {}
+        self.measured: dict[str, dict[str, Any]] = {}
         self.final_checks: list[BudgetCheck] = []
+        self.files: dict[str, str] = {}
 
     def report(self, outcome: Outcome, code: ExitCode, message: str | None = None) -> RunReport:
         return RunReport(
             tool_version=__version__,
             command="compress",
             model=self.req.model,
-            device=self.ctx.profile.name,
-            scheme=self.ctx.scheme.name,
+            device=self.profile.name,
+            scheme=",".join(s.name for s in self.schemes),
             outcome=outcome,
             exit_code=int(code),
             message=message,
             stages=self.stages,
             measured=self.measured,
             checks=self.final_checks,
-            artifacts={"gguf": "model.gguf"} if outcome is Outcome.PASS else {},
+            artifacts=self.files if outcome is not Outcome.ERROR else {},
         )
 
     def gate(self, report: StageReport) -> None:
@@ -86,26 +88,52 @@ class Run:
             report.status = StageStatus.STOPPED
             self.final_checks = report.checks
             raise BudgetExceeded(
-                f"stopped after '{report.stage}': the projected footprint cannot fit "
-                f"'{self.ctx.profile.name}'",
+                f"stopped after '{report.stage}': the projected footprint cannot fit '{self.profile.name}'",
                 failed,
             )
 
 
-def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, QuantScheme]:
+DEFAULT_SCHEMES = {ExportFormat.GGUF: "gguf:Q4_0", ExportFormat.ONNX: "onnx:int4"}
+
+
+def resolve_schemes(req: CompressRequest) -> list[QuantScheme]:
+    """Schemes from ``--quant`` (comma-separated) and ``--formats`` (a default scheme per format)."""
+    specs = [s for s in (req.quant or "").split(",") if s.strip()]
+    schemes = [QuantScheme.parse(s, req.embedding_type, req.onnx_accuracy_level) for s in specs]
+    if req.formats:
+        try:
+            formats = [ExportFormat(f.strip().lower()) for f in req.formats.split(",") if f.strip()]
+        except ValueError:
+            raise ConfigError(f"--formats '{req.formats}': choose from gguf, onnx") from None
+        extra = [s.name for s in schemes if s.format not in formats]
+        if extra:
+            raise ConfigError(f"--quant {', '.join(extra)} is not among --formats {req.formats}")
+        have = {s.format for s in schemes}
+        schemes += [
+            QuantScheme.parse(DEFAULT_SCHEMES[f], req.embedding_type, req.onnx_accuracy_level)
+            for f in formats
+            if f not in have
+        ]
+    if not schemes:
+        schemes = [QuantScheme.parse(DEFAULT_SCHEMES[ExportFormat.GGUF])]
+    if len({s.format for s in schemes}) != len(schemes):
+        raise ConfigError("give at most one scheme per format (e.g. --quant gguf:Q4_0,onnx:int4)")
+    return schemes
+
+
+def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantScheme]]:
     profile = load_profile(req.device).with_budgets(**req.budget_overrides())
-    scheme = QuantScheme.parse(req.scheme, req.embedding_type)
-    return profile, scheme
+    return profile, resolve_schemes(req)
 
 
 def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     """Run the whole pipeline for ``req``; returns the RunReport also written to the output dir."""
     from compressor.loading import load_model
 
-    profile, scheme = resolve_inputs(req)
+    profile, schemes = resolve_inputs(req)
     out = OutputDir(req.out, force=req.force)
     staging = out.prepare()
-    run = Run(req, profile, scheme)
+    run = Run(req, profile, schemes)
     try:
         with progress("load", f"loading {req.model}"):
             start = time.perf_counter()
@@ -118,9 +146,11 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         out.abandon()  # bad input: nothing written
         raise
     try:
-        project_after(artifact, run.ctx, load)
-        run.gate(load)
-        final = _run_stages(run, artifact, staging, progress)
+        for scheme in schemes:  # fail in seconds if any target cannot fit
+            project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
+            run.gate(load)
+        for scheme in schemes:
+            _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
     except CompressorError as exc:
         outcome = Outcome.BUDGET_MISSED if isinstance(exc, BudgetExceeded) else Outcome.ERROR
         if run.stages and run.stages[-1].status is StageStatus.OK and outcome is Outcome.ERROR:
@@ -133,7 +163,7 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         raise
     report = run.report(Outcome.PASS, ExitCode.OK)
     _finish(report, run)
-    write_bundle(staging, final, report, profile)
+    write_bundle(staging, artifact, report, profile)
     for name, text in _report_files(report).items():
         (staging / name).write_text(text, encoding="utf-8")
     out.commit()
@@ -147,27 +177,43 @@ def _finish(report: RunReport, run: Run) -> None:
         report.message = "the measured artifact misses budgets:\n" + "\n".join(f"  - {f}" for f in failed)
 
 
-def _run_stages(run: Run, artifact: ModelArtifact, staging: Path, progress: Progress) -> ModelArtifact:
+def _run_target(
+    run: Run, artifact: ModelArtifact, ctx: StageContext, staging: Path, progress: Progress
+) -> None:
+    """quantize -> project -> export + validate -> measure, for one scheme, on a copy of the model."""
+    from compressor.verify import measure_artifact
     from exporters.validate import export_and_validate
     from stages.quantize import QuantizeStage
 
-    with progress("quantize", f"quantizing to {run.ctx.scheme.name}"):
-        result = QuantizeStage().run(artifact, run.ctx)
+    name = ctx.scheme.name
+    with progress(f"quantize[{name}]", f"quantizing to {name}"):
+        work = (
+            artifact.evolve("copy", model=copy.deepcopy(artifact.model)) if len(run.schemes) > 1 else artifact
+        )
+        result = QuantizeStage().run(work, ctx)
+    result.report.stage = f"quantize[{name}]"
     run.stages.append(result.report)
-    project_after(result.artifact, run.ctx, result.report)
+    project_after(result.artifact, ctx, result.report)
     run.gate(result.report)
 
-    with progress("export", "writing model.gguf and validating it in llama.cpp"):
-        export_report, path = export_and_validate(result.artifact, staging, run.req.validate_tokens)
+    with progress(f"export[{name}]", f"writing {ctx.scheme.format.value} and validating it in its runtime"):
+        export_report, paths = export_and_validate(
+            result.artifact, staging, run.req.validate_tokens, mobile=run.req.mobile
+        )
     run.stages.append(export_report)
 
-    with progress("measure", f"measuring in llama.cpp, projecting to {run.ctx.profile.name}"):
-        from compressor.verify import measure_gguf
-
-        measure_report, checks = measure_gguf(path, run.ctx.profile)
-    run.stages.append(measure_report)
-    run.measured, run.final_checks = measure_report.summary, checks
-    return result.artifact
+    for path in paths:
+        label = path.relative_to(staging).as_posix()
+        run.files[label] = name
+        if path.suffix == ".ort":
+            continue  # the same graph as model.onnx, validated at export; measured through model.onnx
+        with progress(
+            f"measure[{label}]", f"measuring {label} on this host, projecting to {ctx.profile.name}"
+        ):
+            measure_report, checks = measure_artifact(path, ctx.profile, label)
+        run.stages.append(measure_report)
+        run.measured[label] = measure_report.summary
+        run.final_checks += checks
 
 
 def _report_files(report: RunReport) -> dict[str, str]:

@@ -1,13 +1,14 @@
 """QuantScheme: the one description of a weight format, shared by quantize, QAT and the exporters.
 
-A scheme is written ``FORMAT:TYPE`` on the command line, e.g. ``gguf:Q4_0``, ``gguf:Q8_0``,
-``gguf:Q4_K_M``. For every tensor it answers: which type will this tensor really get, and if that is
-not the requested one, why (a fallback). The projection in ``budget.py`` and the exporters both ask
-the scheme, so what is projected is what gets written.
+A scheme is written ``FORMAT:TYPE`` on the command line: ``gguf:Q4_0``, ``gguf:Q8_0``, ``gguf:Q4_K_M``,
+``onnx:int4``, ``onnx:int4-asym-block64``, ``onnx:int8``. For every tensor it answers: which type will
+this tensor really get, and if that is not the requested one, why (a fallback). The projection in
+``budget.py`` and the exporters both ask the scheme, so what is projected is what gets written.
 
-Types we pack ourselves (bit-exact with ggml, see ``ggml_blocks.py``): F32, F16, Q8_0, Q4_0.
-K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K) are produced by llama.cpp's own quantizer from our F32 file;
-their projected sizes follow llama.cpp's fallback rules and are labelled estimates until measured.
+Types we pack ourselves: GGUF F32, F16, Q8_0, Q4_0 (bit-exact with ggml, ``ggml_blocks.py``) and every
+ONNX type (``onnx_blocks.py``). K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K) are produced by llama.cpp's own
+quantizer from our F32 file; their projected sizes follow llama.cpp's fallback rules and are labelled
+estimates until measured.
 """
 
 from __future__ import annotations
@@ -69,36 +70,61 @@ LLAMA_FTYPES: dict[str, tuple[int, str]] = {
 }
 
 
+ONNX_TYPES = ("fp32", "int8", "int4")
+ONNX_FALLBACK = "fp32"
+
+
 class TensorPlan(BaseModel):
     """What one tensor will be stored as."""
 
     model_config = ConfigDict(frozen=True)
     requested: str
     effective: str
+    bits: float  # storage bits per weight of ``effective`` (scales and zero points included)
     reason: str | None = None  # set when effective != requested
 
 
 class QuantScheme(BaseModel):
-    """A target weight format. ``embedding_type`` overrides the type of the (tied) embedding."""
+    """A target weight format.
+
+    GGUF: ``weight_type`` is a ggml type or llama.cpp mixture. ONNX: ``fp32``, ``int8`` or ``int4``,
+    stored blockwise along the input dimension (MatMulNBits / GatherBlockQuantized) with
+    ``block_size`` elements per fp32 scale, symmetric or with a zero point per block;
+    ``accuracy_level`` is onnxruntime's MatMulNBits compute type (0: fp32 activations; 4: int8
+    activations, several times faster on CPU and slightly less exact). ``embedding_type`` overrides
+    the type of the (tied) embedding and output head.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     format: ExportFormat
     weight_type: str
     embedding_type: str | None = None
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
 
     @property
     def name(self) -> str:
+        kind = self.weight_type
+        if self.format is ExportFormat.ONNX and kind != "fp32":
+            kind += "" if self.symmetric else "-asym"
+            kind += "" if self.block_size == 32 else f"-block{self.block_size}"
         suffix = f"+embed={self.embedding_type}" if self.embedding_type else ""
-        return f"{self.format.value}:{self.weight_type}{suffix}"
+        return f"{self.format.value}:{kind}{suffix}"
 
     @classmethod
-    def parse(cls, spec: str, embedding_type: str | None = None) -> QuantScheme:
-        """Parse ``gguf:Q4_0`` (optionally ``gguf:Q4_0+embed=Q8_0``); raise ConfigError listing choices."""
+    def parse(cls, spec: str, embedding_type: str | None = None, accuracy_level: int = 4) -> QuantScheme:
+        """Parse ``gguf:Q4_0``, ``onnx:int4-asym-block64``, optionally ``+embed=TYPE``.
+
+        Raises ConfigError naming the choices.
+        """
         text = spec.strip()
         if "+embed=" in text:
             text, embedding_type = text.split("+embed=", 1)
         fmt, _, kind = text.partition(":")
         choices = ", ".join(supported_schemes())
+        if fmt.lower() == ExportFormat.ONNX.value and kind:
+            return _parse_onnx(spec, kind, embedding_type, accuracy_level)
         if fmt.lower() != ExportFormat.GGUF.value or not kind:
             raise ConfigError(f"unknown quantization scheme '{spec}'; choose one of: {choices}")
         kind = kind.upper()
@@ -114,41 +140,91 @@ class QuantScheme(BaseModel):
 
     @property
     def delegated_to_llama_cpp(self) -> bool:
-        return self.weight_type in LLAMA_FTYPES
+        return self.format is ExportFormat.GGUF and self.weight_type in LLAMA_FTYPES
 
     @property
     def row_multiple(self) -> int:
         """Row lengths that pack without fallback (what pruning must round widths to)."""
+        if self.format is ExportFormat.ONNX:
+            return 1 if self.weight_type == "fp32" else self.block_size
         base = LLAMA_FTYPES[self.weight_type][1] if self.delegated_to_llama_cpp else self.weight_type
         return GGML_BLOCK[base]
 
     def requested_type(self, role: TensorRole) -> str:
+        onnx = self.format is ExportFormat.ONNX
         if role is TensorRole.NORM:
-            return "F32"
+            return "fp32" if onnx else "F32"
         if role in (TensorRole.EMBEDDING, TensorRole.OUTPUT):
             if self.embedding_type:
                 return self.embedding_type
             if self.delegated_to_llama_cpp:
                 return "Q6_K"  # llama.cpp's choice for the output tensor of K-quant mixtures
             # 4-bit heads hurt most; like llama.cpp, keep the (tied) head at 8 bits by default.
-            return "Q8_0" if self.weight_type == "Q4_0" else self.weight_type
+            eight = "int8" if onnx else "Q8_0"
+            return eight if self.weight_type in ("Q4_0", "int4") else self.weight_type
         if self.delegated_to_llama_cpp:
             return LLAMA_FTYPES[self.weight_type][1]
         return self.weight_type
 
+    def bits(self, kind: str) -> float:
+        """Storage bits per weight of a tensor type under this scheme."""
+        if self.format is ExportFormat.GGUF:
+            return GGML_BITS[kind]
+        if kind == "fp32":
+            return 32.0
+        code_bits = 4 if kind == "int4" else 8
+        zero_point_bits = 0 if self.symmetric or kind == "int8" else code_bits
+        return code_bits + (32 + zero_point_bits) / self.block_size
+
     def plan(self, role: TensorRole, row_len: int) -> TensorPlan:
         """The type a tensor with rows of ``row_len`` elements will really get."""
         want = self.requested_type(role)
-        kind = want
-        if row_len % GGML_BLOCK[kind]:
-            kind = GGML_FALLBACK.get(kind, "F16")
-            if row_len % GGML_BLOCK[kind]:
-                kind = "F16"
+        if self.format is ExportFormat.ONNX:
+            ok = want == "fp32" or role is TensorRole.NORM or row_len % self.block_size == 0
+            kind, block = (want if ok else ONNX_FALLBACK), self.block_size
+        else:
+            kind, block = want, GGML_BLOCK[want]
+            if row_len % block:
+                kind = GGML_FALLBACK.get(kind, "F16")
+                if row_len % GGML_BLOCK[kind]:
+                    kind = "F16"
         if kind == want:
-            return TensorPlan(requested=want, effective=want)
-        reason = f"row length {row_len} is not a multiple of {GGML_BLOCK[want]} required by {want}"
-        return TensorPlan(requested=want, effective=kind, reason=reason)
+            return TensorPlan(requested=want, effective=want, bits=self.bits(want))
+        reason = f"row length {row_len} is not a multiple of {block} required by {want}"
+        return TensorPlan(requested=want, effective=kind, bits=self.bits(kind), reason=reason)
+
+
+def _parse_onnx(spec: str, kind: str, embedding_type: str | None, accuracy_level: int) -> QuantScheme:
+    parts = kind.lower().split("-")
+    base, options = parts[0], parts[1:]
+    block, symmetric = 32, True
+    for opt in options:
+        if opt == "asym":
+            symmetric = False
+        elif opt.startswith("block") and opt[5:].isdigit():
+            block = int(opt[5:])
+        else:
+            raise ConfigError(f"unknown option '{opt}' in '{spec}' (allowed: -asym, -blockN)")
+    if base not in ONNX_TYPES:
+        raise ConfigError(
+            f"unknown ONNX type '{base}' in '{spec}'; choose one of: {', '.join(supported_schemes())}"
+        )
+    if block < 16 or block & (block - 1):
+        raise ConfigError(f"block size {block} in '{spec}' must be a power of two >= 16 (MatMulNBits)")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ConfigError(f"accuracy level {accuracy_level} must be 0..4 (onnxruntime MatMulNBits)")
+    if embedding_type is not None and embedding_type.lower() not in ONNX_TYPES:
+        raise ConfigError(f"embedding type '{embedding_type}' is not one of {', '.join(ONNX_TYPES)}")
+    return QuantScheme(
+        format=ExportFormat.ONNX,
+        weight_type=base,
+        block_size=block,
+        symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        embedding_type=embedding_type.lower() if embedding_type else None,
+    )
 
 
 def supported_schemes() -> list[str]:
-    return [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES)]
+    gguf = [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES)]
+    return [*gguf, "onnx:fp32", "onnx:int8", "onnx:int4", "onnx:int4-asym", "onnx:int4-block64"]

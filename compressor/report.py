@@ -55,9 +55,9 @@ class RunReport(BaseModel):
     exit_code: int
     message: str | None = None
     stages: list[StageReport] = Field(default_factory=list)
-    measured: dict[str, Any] = Field(default_factory=dict)  # runtime measurements on the host
+    measured: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> host measurements
     checks: list[BudgetCheck] = Field(default_factory=list)  # the final verdict's checks
-    artifacts: dict[str, str] = Field(default_factory=dict)  # role -> file name in the output dir
+    artifacts: dict[str, str] = Field(default_factory=dict)  # file in the output dir -> its scheme
 
 
 def _fmt(v: float) -> str:
@@ -77,19 +77,30 @@ def render_markdown(r: RunReport) -> str:
         lines += [
             "## Budgets",
             "",
-            "| budget | limit | value | | kind | where |",
-            "|---|---:|---:|:-:|---|---|",
+            "| file | budget | limit | value | | kind | where |",
+            "|---|---|---:|---:|:-:|---|---|",
         ]
         for c in r.checks:
             mark = "ok" if c.passed else "**MISSED**"
             lines.append(
-                f"| {c.budget} | {_fmt(c.limit)} {c.unit} | {_fmt(c.value)} {c.unit} | {mark} | "
-                f"{c.provenance.value} | {c.where} |"
+                f"| {c.artifact or '(projected)'} | {c.budget} | {_fmt(c.limit)} {c.unit} "
+                f"| {_fmt(c.value)} {c.unit} | {mark} | {c.provenance.value} | {c.where} |"
             )
         lines.append("")
     if r.measured:
-        lines += ["## Measured on this host", "", "| figure | value |", "|---|---:|"]
-        lines += [f"| {k} | {_fmt(v) if isinstance(v, float) else v} |" for k, v in r.measured.items()]
+        files = list(r.measured)
+        keys = list(dict.fromkeys(k for m in r.measured.values() for k in m if k != "file"))
+        lines += [
+            "## Measured on this host",
+            "",
+            "| figure | " + " | ".join(files) + " |",
+            "|---|" + "---:|" * len(files),
+        ]
+        for k in keys:
+            cells = [r.measured[f].get(k, "") for f in files]
+            lines.append(
+                f"| {k} | " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in cells) + " |"
+            )
         lines.append("")
     if r.stages:
         lines += ["## Stages", "", "| stage | status | seconds | notes |", "|---|---|---:|---|"]
@@ -130,7 +141,7 @@ def render_junit(r: RunReport) -> str:
                 f"({c.provenance.value}, {c.where})"
             )
             body = f"<failure message={quoteattr(msg)}>{escape(msg)}</failure>"
-        name = f'classname="budgets.{escape(r.device)}" name="{escape(c.budget)}"'
+        name = f'classname="budgets.{escape(r.device)}" name="{escape(c.artifact)}:{escape(c.budget)}"'
         cases.append(f"    <testcase {name}>{body}</testcase>")
     if r.outcome is Outcome.ERROR:
         msg = r.message or "error"

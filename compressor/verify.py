@@ -1,6 +1,12 @@
-"""The final, measured verdict on an exported GGUF: run it in llama.cpp here, project it to the device.
+"""The final, measured verdict on an exported file: run it in its real runtime here, project it to
+the device. Composition layer (it calls the exporters' runtimes); used by the pipeline's last stage
+and by ``compressor check`` (the CI gate), so both judge alike.
 
-Used by the pipeline's last stage and by ``compressor check`` (the CI gate), so both judge alike.
+Host figures are measured with the host profile's thread count. llama.cpp allocates its KV cache for
+the *target* profile's context length, so its peak RSS is a measurement of what the device needs;
+onnxruntime grows its cache as it goes, so its RAM figure is the measured peak plus the fp32 KV cache
+of the rest of the context, labelled an estimate. Device decode and TTFT are the device roofline scaled
+by how far the host measurement sits from the host's own roofline (docs/latency-model.md).
 """
 
 from __future__ import annotations
@@ -10,43 +16,94 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compressor.budget import BudgetCheck, calibrate, check_budgets, project_footprint
+from compressor.budget import (
+    MIB,
+    BudgetCheck,
+    Figure,
+    Provenance,
+    calibrate,
+    check_budgets,
+    project_footprint,
+)
 from compressor.device_profile import DeviceProfile, load_profile
-from compressor.inspect_gguf import gguf_summary
 from compressor.report import StageReport
 
 HOST_PROFILE = "host"
+GEN_TOKENS = 32
 
 
-def measure_gguf(
-    path: Path, profile: DeviceProfile, repeats: int = 3
-) -> tuple[StageReport, list[BudgetCheck]]:
-    """Measure ``path`` in llama.cpp on this host and check it against ``profile``'s budgets.
+def _host_threads() -> tuple[DeviceProfile, int]:
+    host = load_profile(HOST_PROFILE)
+    return host, min(host.runtime.threads, os.cpu_count() or 1)
 
-    Host figures are measured with the host profile's thread count at the *target* profile's context
-    length (so the RSS includes the KV cache the device will allocate); decode and TTFT on the device
-    are the device roofline scaled by how far the host measurement sits from the host roofline.
-    """
+
+def _measure_gguf(
+    path: Path, profile: DeviceProfile, threads: int, repeats: int
+) -> tuple[Any, dict, dict, Figure]:
+    from compressor.inspect_gguf import gguf_summary
     from exporters import llama_runtime
 
-    start = time.perf_counter()
     cost, summary = gguf_summary(path)
-    host = load_profile(HOST_PROFILE)
-    threads = min(host.runtime.threads, os.cpu_count() or 1)
+    ctx = profile.runtime.context_length
     m = llama_runtime.measure(
         path.resolve(),
         threads=threads,
-        n_ctx=profile.runtime.context_length,
+        n_ctx=ctx,
         prompt_tokens=profile.budgets.ttft_prompt_tokens,
-        gen_tokens=32,
+        gen_tokens=GEN_TOKENS,
         repeats=repeats,
     )
-    cal = calibrate(cost, host, m["decode_ms_per_token"], m["ttft_ms"])
-    footprint = project_footprint(
-        cost, profile, cal, measured_size=True, measured_ram_mib=m["runtime_rss_mib"]
+    ram = Figure(
+        value=m["runtime_rss_mib"],
+        unit="MiB",
+        provenance=Provenance.MEASURED,
+        where="host",
+        basis=f"peak RSS of llama.cpp with a {ctx}-token context, less the Python interpreter",
     )
-    checks = check_budgets(footprint, profile.budgets)
+    return cost, summary, {**m, "runtime": "llama.cpp (llama-cpp-python)"}, ram
+
+
+def _measure_onnx(
+    path: Path, profile: DeviceProfile, threads: int, repeats: int
+) -> tuple[Any, dict, dict, Figure]:
+    from compressor.inspect_onnx import onnx_summary
+    from exporters import ort_runtime
+
+    cost, summary = onnx_summary(path)
+    prompt, ctx = profile.budgets.ttft_prompt_tokens, profile.runtime.context_length
+    m = ort_runtime.measure(
+        path.resolve(),
+        threads=threads,
+        prompt_tokens=prompt,
+        vocab_size=cost.vocab_size,
+        gen_tokens=GEN_TOKENS,
+        repeats=repeats,
+    )
+    rest = max(ctx - prompt - GEN_TOKENS, 0) * cost.kv_bytes_per_token / MIB
+    ram = Figure(
+        value=m["runtime_rss_mib"] + rest,
+        unit="MiB",
+        provenance=Provenance.ESTIMATED,
+        where="host",
+        basis=f"onnxruntime peak RSS {m['runtime_rss_mib']:.0f} MiB at {prompt + GEN_TOKENS} tokens "
+        f"(measured) + fp32 KV cache up to {ctx} tokens",
+    )
+    return cost, summary, {**m, "runtime": "onnxruntime"}, ram
+
+
+def measure_artifact(
+    path: Path, profile: DeviceProfile, label: str, repeats: int = 3
+) -> tuple[StageReport, list[BudgetCheck]]:
+    """Measure ``path`` (.gguf or .onnx/.ort) in its runtime and check it against ``profile``."""
+    start = time.perf_counter()
+    host, threads = _host_threads()
+    measure = _measure_gguf if path.suffix == ".gguf" else _measure_onnx
+    cost, summary, m, ram = measure(path, profile, threads, repeats)
+    cal = calibrate(cost, host, m["decode_ms_per_token"], m["ttft_ms"])
+    footprint = project_footprint(cost, profile, cal, measured_size=True, ram=ram)
+    checks = check_budgets(footprint, profile.budgets, artifact=label)
     measured: dict[str, Any] = {
+        "file": label,
         "file_bytes": int(cost.stored_bytes),
         "host_decode_ms_per_token": round(m["decode_ms_per_token"], 3),
         "host_decode_tokens_per_s": round(1e3 / m["decode_ms_per_token"], 1),
@@ -55,13 +112,12 @@ def measure_gguf(
         "host_runtime_rss_mib": round(m["runtime_rss_mib"], 1),
         "host_load_ms": round(m["load_ms"], 1),
         "host_threads": threads,
-        "context_length": m["n_ctx"],
         "prompt_tokens": m["prompt_tokens"],
-        "runtime": "llama.cpp (llama-cpp-python)",
-        **{f"gguf_{k}": v for k, v in summary.items()},
+        "runtime": m["runtime"],
+        **summary,
     }
     report = StageReport(
-        stage="measure",
+        stage=f"measure[{label}]",
         seconds=time.perf_counter() - start,
         summary=measured,
         footprint=footprint,

@@ -95,6 +95,7 @@ def hf_tokenizer_from_vocab(vocab: GGUFVocab) -> Any:
         unk_token=name(vocab.unk_id),
         pad_token=name(vocab.pad_id),
         clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],  # a decoder takes no token_type_ids
     )
     if vocab.chat_template:
         tok.chat_template = vocab.chat_template

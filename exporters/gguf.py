@@ -90,7 +90,7 @@ def _tensor_payloads(artifact: ModelArtifact, own_types: bool) -> list[tuple[str
             raise ConfigError(f"no GGUF name for tensor {w.name}; this architecture is not supported")
         q = artifact.quantized.get(w.name) if own_types else None
         if q is not None:
-            data, raw = q.data, gguf.GGMLQuantizationType[q.ggml_type]
+            data, raw = q.data, gguf.GGMLQuantizationType[q.kind]
         else:
             data, raw = params[w.name].detach().float().numpy().astype(np.float32), None
         if gname.endswith("attn_q.weight"):

@@ -13,13 +13,15 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from compressor import onnx_blocks
 from compressor.artifact import ModelArtifact, QuantizedTensor, weight_inventory
 from compressor.budget import effective_bits_per_weight, plan_tensors
 from compressor.ggml_blocks import quantize_tensor
-from compressor.quant import QuantScheme
+from compressor.quant import ExportFormat, QuantScheme
 from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult
 
@@ -43,6 +45,14 @@ class QuantStats(BaseModel):
     max_abs_error: float  # largest |w - dequant(quant(w))| over all quantized weights
 
 
+def pack_weight(scheme: QuantScheme, kind: str, w: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(what the exporter writes, the dequantized weight) for one (rows, row_len) matrix."""
+    if scheme.format is ExportFormat.ONNX:
+        bq = onnx_blocks.quantize(kind, w, scheme.block_size, scheme.symmetric)
+        return bq, bq.dequantize()
+    return quantize_tensor(kind, w)
+
+
 def quantize_model(model: Any, scheme: QuantScheme) -> tuple[Any, dict[str, QuantizedTensor], QuantStats]:
     """Quantize ``model`` in place to ``scheme``; return it, the packed tensors and the stats."""
     inventory = weight_inventory(model)
@@ -52,15 +62,15 @@ def quantize_model(model: Any, scheme: QuantScheme) -> tuple[Any, dict[str, Quan
     max_err = 0.0
     for w in inventory:
         kind = plans[w.name].effective
-        if scheme.delegated_to_llama_cpp or kind == "F32" or len(w.shape) != 2:
+        if scheme.delegated_to_llama_cpp or kind in ("F32", "fp32") or len(w.shape) != 2:
             continue
         p = params[w.name]
-        data, deq = quantize_tensor(kind, p.detach().float().numpy())
+        data, deq = pack_weight(scheme, kind, p.detach().float().numpy())
         restored = torch.from_numpy(deq)
         max_err = max(max_err, float((p.detach() - restored).abs().max()))
         with torch.no_grad():
             p.copy_(restored)
-        packed[w.name] = QuantizedTensor(ggml_type=kind, shape=w.shape, data=data)
+        packed[w.name] = QuantizedTensor(kind=kind, shape=w.shape, data=data)
     fallbacks = [
         Fallback(tensor=n, requested=pl.requested, effective=pl.effective, reason=pl.reason or "")
         for n, pl in plans.items()

@@ -37,6 +37,7 @@ def build_tiny_model_dir(root: Path, seed: int = 0) -> Path:
         eos_token="<|im_end|>",
         unk_token="<|endoftext|>",
         pad_token="<|im_end|>",
+        model_input_names=["input_ids", "attention_mask"],
     )
     tok.chat_template = (
         "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}"

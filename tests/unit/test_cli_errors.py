@@ -123,3 +123,11 @@ def test_help_lists_exit_codes(capsys) -> None:
         main(["compress", "--help"])
     out = capsys.readouterr().out
     assert "exit codes" in out and "budget" in out
+
+
+def test_check_on_a_corrupt_onnx_model(tmp_path: Path, capsys) -> None:
+    (tmp_path / "d" / "onnx").mkdir(parents=True)
+    (tmp_path / "d" / "onnx" / "model.onnx").write_bytes(b"\x08\x07garbage" * 50)
+    (tmp_path / "d" / "onnx" / "config.json").write_text("{}")
+    code, err = _run(["check", str(tmp_path / "d"), "--device", "host"], capsys)
+    assert code == ExitCode.BAD_INPUT and "model.onnx" in err and "ONNX" in err

@@ -10,6 +10,7 @@ import torch
 from compressor.quant import QuantScheme, TensorRole
 from exporters import llama_runtime
 from exporters.gguf import export_gguf, llama_cpp_quantize
+from exporters.workers import compare_logits
 from stages.quantize import quantize_model
 from tests.conftest import corpus
 
@@ -35,9 +36,7 @@ def _quantized(artifact, spec: str):
 def test_f32_export_matches_torch_in_llama_cpp(tiny_artifact, tmp_path: Path) -> None:
     path = export_gguf(tiny_artifact, tmp_path)
     ids = _ids(tiny_artifact)
-    stats = llama_runtime.compare_logits(
-        _torch_logits(tiny_artifact.model, ids), llama_runtime.logits(path, ids)
-    )
+    stats = compare_logits(_torch_logits(tiny_artifact.model, ids), llama_runtime.logits(path, ids))
     assert stats["top1_agreement"] == 1.0
     assert stats["max_abs_diff"] < 5e-3  # llama.cpp keeps the KV cache in F16
     assert stats["mean_kl"] < 1e-6
@@ -76,7 +75,7 @@ def test_quantized_file_runs_like_the_fake_quantized_torch_model(
     art = _quantized(tiny_artifact, f"gguf:{kind}")
     path = export_gguf(art, tmp_path)
     ids = _ids(tiny_artifact)
-    stats = llama_runtime.compare_logits(_torch_logits(art.model, ids), llama_runtime.logits(path, ids))
+    stats = compare_logits(_torch_logits(art.model, ids), llama_runtime.logits(path, ids))
     assert stats["mean_kl"] < 1e-3  # what remains is llama.cpp's 8-bit activations
     assert stats["top1_agreement"] > 0.9
 

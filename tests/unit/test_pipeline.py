@@ -29,8 +29,14 @@ def test_compress_writes_a_complete_bundle(bundle: Path) -> None:
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no partial dirs left
     report = RunReport.model_validate_json((bundle / "report.json").read_text())
     assert report.outcome.value == "pass" and report.exit_code == 0
-    assert [s.stage for s in report.stages] == ["load", "quantize", "export", "measure"]
-    assert report.measured["host_decode_ms_per_token"] > 0 and report.measured["host_runtime_rss_mib"] > 0
+    assert [s.stage for s in report.stages] == [
+        "load",
+        "quantize[gguf:Q4_0]",
+        "export[gguf:Q4_0]",
+        "measure[model.gguf]",
+    ]
+    m = report.measured["model.gguf"]
+    assert m["host_decode_ms_per_token"] > 0 and m["host_runtime_rss_mib"] > 0
     kinds = {c.budget: (c.provenance.value, c.where) for c in report.checks}
     assert kinds["max_size_mib"] == ("measured", "file")
     assert kinds["max_decode_ms_per_token"] == ("estimated", "device:tiny-test")
@@ -43,7 +49,7 @@ def test_manifest_hashes_the_shipped_files(bundle: Path) -> None:
     assert {"model.gguf", "tokenizer/tokenizer.json"} <= set(files)
     digest = hashlib.sha256((bundle / "model.gguf").read_bytes()).hexdigest()
     assert files["model.gguf"]["sha256"] == digest
-    assert manifest["budgets"]["max_size_mib"] == 50 and manifest["measured"]["file_bytes"] > 0
+    assert manifest["budgets"]["max_size_mib"] == 50 and manifest["measured"]["model.gguf"]["file_bytes"] > 0
 
 
 def test_check_passes_then_gates_on_an_impossible_budget(
@@ -66,7 +72,10 @@ def test_check_passes_then_gates_on_an_impossible_budget(
         ]
     )
     assert code == ExitCode.BUDGET_MISSED
-    assert '<failure message="max_size_mib' in junit.read_text()
+    assert (
+        'name="model.gguf:max_size_mib"><failure message="model.gguf: max_size_mib' not in junit.read_text()
+    )
+    assert 'name="model.gguf:max_size_mib"><failure' in junit.read_text()
     report = json.loads(js.read_text())
     (failed,) = [c for c in report["checks"] if not c["passed"]]
     assert failed["budget"] == "max_size_mib" and failed["limit"] == 0.01 and failed["value"] > 0.01
@@ -125,7 +134,7 @@ def test_k_quant_fallbacks_are_reported(tiny_model_dir: Path, tiny_profile: Path
     )
     assert code == 0
     report = RunReport.model_validate_json((out / "report.json").read_text())
-    quant = next(s for s in report.stages if s.stage == "quantize")
+    quant = next(s for s in report.stages if s.stage.startswith("quantize"))
     assert quant.summary["fallback_count"] > 0
     assert "not a multiple of 256" in quant.summary["fallbacks"][0]["reason"]
     assert quant.summary["bits_per_weight"] > 4.5  # fallbacks cost bits; reported before writing

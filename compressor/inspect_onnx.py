@@ -1,0 +1,68 @@
+"""What the budget model needs, read from an exported ONNX decoder (for ``check`` and the final measure)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from compressor.budget import ModelCost
+from compressor.errors import ModelLoadError, require
+
+_BYTES = {1: 4, 2: 1, 3: 1, 6: 4, 7: 8, 10: 2, 11: 8}  # onnx TensorProto data types we meet
+
+
+def _numel(dims: Any) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def onnx_summary(path: Path) -> tuple[ModelCost, dict[str, Any]]:
+    """(ModelCost of the ONNX file, a summary of its quantized operators). Needs config.json beside it."""
+    onnx = require("onnx", "onnx")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    cfg_path = path.parent / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        n_layers, n_heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        n_kv = int(cfg.get("num_key_value_heads") or n_heads)
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // n_heads)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{cfg_path} is missing or incomplete ({exc}); re-export the model") from None
+    inits = {t.name: t for t in model.graph.initializer}
+    stored = sum(_numel(t.dims) * _BYTES.get(t.data_type, 4) for t in inits.values())
+    ops = Counter(n.op_type for n in model.graph.node)
+    matmul = 0
+    for n in model.graph.node:
+        if n.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in n.attribute}
+            matmul += attrs["K"] * attrs["N"]
+        elif n.op_type == "MatMul" and n.input[1] in inits:
+            matmul += _numel(inits[n.input[1]].dims)
+    vocab = int(cfg.get("vocab_size", 0))
+    if cfg.get("tie_word_embeddings") and ops.get("MatMulNBits", 0) == 0:
+        matmul += vocab * int(cfg["hidden_size"])  # head exported as MatMul(x, Transpose(E))
+    cost = ModelCost(
+        stored_bytes=path.stat().st_size,
+        streamed_bytes=stored,
+        matmul_params=matmul,
+        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * 4.0,  # onnxruntime keeps the cache in fp32
+        vocab_size=vocab,
+        quantized=ops.get("MatMulNBits", 0) > 0,
+        basis="measured: bytes of the file",
+    )
+    summary = {
+        "layers": n_layers,
+        "heads": n_heads,
+        "kv_heads": n_kv,
+        "MatMulNBits": ops.get("MatMulNBits", 0),
+        "GatherBlockQuantized": ops.get("GatherBlockQuantized", 0),
+        "float_MatMul": ops.get("MatMul", 0),
+    }
+    return cost, summary

@@ -1,0 +1,115 @@
+"""ONNX on the real SmolLM2-135M: fp32 exactness, int4 decoding, both formats from one run, pruned shapes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor.quant import QuantScheme
+from exporters import llama_runtime, ort_runtime
+from exporters.onnx import export_onnx, load_ort_causal_lm
+from exporters.workers import compare_logits
+from stages.prune import slice_uniform
+from stages.quantize import quantize_model
+from tests.conftest import LICENSE_TEXT
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("onnxruntime")
+CHAT = [{"role": "user", "content": "What is the capital of France? Tell me about it."}]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from compressor.loading import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("both") / "OUT"
+    proc = cli("compress", "smollm2-135m", "--device", "raspberry-pi-5", "--quant", "gguf:Q4_0,onnx:int4",
+               "--mobile", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def _prompt(tok) -> list[int]:
+    return tok(tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)).input_ids
+
+
+def test_fp32_onnx_logits_match_torch(smollm2, tmp_path: Path) -> None:
+    path, _ = export_onnx(smollm2, tmp_path)
+    ids = smollm2.tokenizer(LICENSE_TEXT.read_text(encoding="utf-8")).input_ids[:256]
+    with torch.no_grad():
+        ref = smollm2.model(torch.tensor([ids])).logits[0].numpy()
+    stats = compare_logits(ref, ort_runtime.logits(path, ids))
+    assert stats["max_abs_diff"] < 1e-3, stats
+
+
+def test_one_run_writes_and_measures_both_formats(both: Path) -> None:
+    report = json.loads((both / "report.json").read_text())
+    assert report["outcome"] == "pass"
+    assert set(report["measured"]) == {"model.gguf", "onnx/model.onnx"}
+    for m in report["measured"].values():
+        assert m["file_bytes"] > 0 and m["host_decode_ms_per_token"] > 0 and m["host_ttft_ms"] > 0
+        assert m["host_peak_rss_mib"] > 0
+    export = next(s for s in report["stages"] if s["stage"] == "export[onnx:int4]")["summary"]
+    assert export["accuracy_level"] == 4 and export["tied_head"] == 1 and export["GatherBlockQuantized"] == 1
+    assert export["ort_format"]["file"] == "model.ort" and (both / "onnx" / "model.ort").is_file()
+    md = (both / "report.md").read_text()
+    assert "onnx/model.onnx" in md and "model.gguf" in md
+    assert cli("check", str(both), "--device", "raspberry-pi-5").returncode == 0
+
+
+def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path) -> None:
+    model, _, _ = quantize_model(copy.deepcopy(smollm2.model), QuantScheme.parse("onnx:int4"))
+    prompt = _prompt(smollm2.tokenizer)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
+    expected = ref[0, len(prompt) :].tolist()
+    assert len(expected) == 16
+    assert ort_runtime.greedy(both / "onnx" / "model.onnx", prompt, 16) == expected
+
+
+def test_int4_and_int8_load_in_ort_model_for_causal_lm(smollm2, both: Path, tmp_path: Path) -> None:
+    model, packed, _ = quantize_model(copy.deepcopy(smollm2.model), scheme := QuantScheme.parse("onnx:int8"))
+    export_onnx(smollm2.evolve("q", model=model, scheme=scheme, quantized=packed), tmp_path)
+    prompt = torch.tensor([_prompt(smollm2.tokenizer)])
+    for onnx_dir in (both / "onnx", tmp_path / "onnx"):
+        text = smollm2.tokenizer.decode(
+            load_ort_causal_lm(onnx_dir).generate(prompt, max_new_tokens=12, do_sample=False)[
+                0, prompt.shape[1] :
+            ]
+        )
+        assert "Paris" in text, (onnx_dir, text)
+
+
+def test_pruned_model_exports_to_gguf_and_onnx(smollm2, tmp_path: Path) -> None:
+    model = slice_uniform(copy.deepcopy(smollm2.model), q_per_group=2, intermediate_size=1024)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (6, 3)
+    src = tmp_path / "pruned"
+    model.save_pretrained(src, safe_serialization=True)
+    smollm2.tokenizer.save_pretrained(src)
+    out = tmp_path / "OUT"
+    proc = cli("compress", str(src), "--device", "host", "--quant", "gguf:Q4_0,onnx:int4", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["measured"]["model.gguf"]["heads"] == 6
+    prompt = _prompt(smollm2.tokenizer)
+    assert len(llama_runtime.greedy(out / "model.gguf", prompt, 8)) == 8
+    assert len(ort_runtime.greedy(out / "onnx" / "model.onnx", prompt, 8)) == 8
+    generated = load_ort_causal_lm(out / "onnx").generate(
+        torch.tensor([prompt]), max_new_tokens=4, do_sample=False
+    )
+    assert generated.shape[1] == len(prompt) + 4
