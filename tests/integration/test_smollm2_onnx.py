@@ -55,6 +55,9 @@ def test_fp32_onnx_logits_match_torch(smollm2, tmp_path: Path) -> None:
         ref = smollm2.model(torch.tensor([ids])).logits[0].numpy()
     stats = compare_logits(ref, ort_runtime.logits(path, ids))
     assert stats["max_abs_diff"] < 1e-3, stats
+    prompt = torch.tensor([_prompt(smollm2.tokenizer)])
+    out = load_ort_causal_lm(path.parent).generate(prompt, max_new_tokens=12, do_sample=False)
+    assert "Paris" in smollm2.tokenizer.decode(out[0, prompt.shape[1] :])
 
 
 def test_one_run_writes_and_measures_both_formats(both: Path) -> None:
