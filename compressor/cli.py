@@ -84,6 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--embedding-type",
         help="type of the (tied) embedding/output, e.g. Q8_0 (default: Q8_0 for 4-bit schemes)",
     )
+    g = c.add_argument_group("pruning")
+    g.add_argument(
+        "--prune",
+        metavar="SPEC",
+        help="'auto' (smallest pruning whose projection fits the budgets) or what to keep, e.g. "
+        "heads=6,kv_heads=3,mlp=1024,layers=24 (counts, or ratios in (0,1))",
+    )
+    g.add_argument(
+        "--prune-importance",
+        default="activation",
+        choices=["activation", "taylor", "magnitude", "random"],
+        help="how structures are ranked (default activation)",
+    )
+    g.add_argument(
+        "--calib-data",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help=".txt/.jsonl text for calibration (default: text sampled from the model)",
+    )
+    g.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)")
     _budget_flags(c)
     c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
     c.add_argument("--force", action="store_true", help="replace a non-empty output directory")

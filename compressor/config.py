@@ -24,6 +24,10 @@ class CompressRequest(BaseModel):
     max_ram_mib: PositiveOpt = None
     max_decode_ms_per_token: PositiveOpt = None
     max_ttft_ms: PositiveOpt = None
+    prune: str | None = None  # "auto", or e.g. "heads=6,kv_heads=3,mlp=1024,layers=24"
+    prune_importance: str = "activation"
+    calib_data: list[Path] = []  # .txt / .jsonl; none: text sampled from the teacher
+    calib_tokens: Annotated[int, Field(ge=64, le=1_000_000)] = 2048
     keep_going: bool = False  # run every stage even when a projected budget fails
     force: bool = False  # replace a non-empty output directory
     trust_remote_code: bool = False

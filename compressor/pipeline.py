@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,12 +30,14 @@ from compressor.budget import (
 )
 from compressor.config import CompressRequest
 from compressor.device_profile import DeviceProfile, load_profile
-from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode
+from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode, InputError
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
 from compressor.quant import ExportFormat, QuantScheme
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
+from stages import prune_auto
+from stages.prune_config import PruneConfig, resolve
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,13 @@ def resolve_schemes(req: CompressRequest) -> list[QuantScheme]:
 
 def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantScheme]]:
     profile = load_profile(req.device).with_budgets(**req.budget_overrides())
+    missing = [f"{p}: no such file" for p in req.calib_data if not p.is_file()]
+    if missing:
+        raise InputError("calibration data not found", missing)
+    if req.prune and req.prune.strip() != "auto":
+        PruneConfig.parse(req.prune, req.prune_importance)  # syntax and ranges, before loading
+    else:
+        PruneConfig.parse("", req.prune_importance)
     return profile, resolve_schemes(req)
 
 
@@ -142,13 +152,21 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
                 stage="load", seconds=time.perf_counter() - start, summary=artifact.facts.model_dump()
             )
         run.stages.append(load)
+        if req.prune and req.prune.strip() != "auto":  # a bad request fails before any work
+            resolve(
+                PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
+            )
     except BaseException:
         out.abandon()  # bad input: nothing written
         raise
     try:
-        for scheme in schemes:  # fail in seconds if any target cannot fit
+        prune = _plan_pruning(req, artifact, profile, schemes)  # bad configs fail before any work
+        for scheme in schemes:  # fail in seconds if any target cannot fit (pruning may still fix it)
             project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
-            run.gate(load)
+            if prune is None:
+                run.gate(load)
+        if prune is not None:
+            artifact = _run_prune(run, artifact, prune, progress)
         for scheme in schemes:
             _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
     except CompressorError as exc:
@@ -214,6 +232,49 @@ def _run_target(
         run.stages.append(measure_report)
         run.measured[label] = measure_report.summary
         run.final_checks += checks
+
+
+def _row_multiple(schemes: list[QuantScheme]) -> int:
+    return math.lcm(*(s.row_multiple for s in schemes))
+
+
+def _plan_pruning(
+    req: CompressRequest, artifact: ModelArtifact, profile: DeviceProfile, schemes: list[QuantScheme]
+) -> tuple[PruneConfig, dict[str, Any]] | None:
+    """The pruning to do (resolved against the model so a bad request fails now), or None."""
+    if not req.prune:
+        return None
+    row = _row_multiple(schemes)
+    if req.prune.strip() == "auto":
+        config, why = prune_auto.choose(artifact.facts, schemes, profile, row)
+        if why["chosen"] == "none":
+            return None
+        config = config.model_copy(
+            update={"importance": PruneConfig.parse("", req.prune_importance).importance}
+        )
+    else:
+        config, why = PruneConfig.parse(req.prune, req.prune_importance), {}
+    resolve(config, artifact.facts, row)
+    return config, why
+
+
+def _run_prune(
+    run: Run, artifact: ModelArtifact, prune: tuple[PruneConfig, dict[str, Any]], progress: Progress
+) -> ModelArtifact:
+    from compressor.calibration import calibration_ids
+    from stages.prune_stage import PruneStage
+
+    config, why = prune
+    with progress("prune", "measuring importance on calibration text and pruning"):
+        batches, heldout, source = calibration_ids(artifact, list(run.req.calib_data), run.req.calib_tokens)
+        stage = PruneStage(config, batches, heldout, _row_multiple(run.schemes), why)
+        result = stage.run(artifact, StageContext(profile=run.profile, scheme=run.schemes[0]))
+    result.report.summary["calibration_source"] = source
+    run.stages.append(result.report)
+    for scheme in run.schemes:
+        project_after(result.artifact, StageContext(profile=run.profile, scheme=scheme), result.report)
+        run.gate(result.report)
+    return result.artifact
 
 
 def _report_files(report: RunReport) -> dict[str, str]:

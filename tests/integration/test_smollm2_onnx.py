@@ -38,8 +38,17 @@ def smollm2():
 @pytest.fixture(scope="module")
 def both(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("both") / "OUT"
-    proc = cli("compress", "smollm2-135m", "--device", "raspberry-pi-5", "--quant", "gguf:Q4_0,onnx:int4",
-               "--mobile", "--out", str(out))  # fmt: skip
+    proc = cli(
+        "compress",
+        "smollm2-135m",
+        "--device",
+        "raspberry-pi-5",
+        "--quant",
+        "gguf:Q4_0,onnx:int4",
+        "--mobile",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -64,8 +64,9 @@ def test_stored_weights_dequantize_to_the_fake_quantized_torch_weights(
             continue
         a = {x.name: x.i for x in node.attribute}
         zp = inits[node.input[3]] if len(node.input) > 3 and node.input[3] else None
-        bq = unpack_matmul_nbits(a["bits"], a["block_size"], inits[node.input[1]], inits[node.input[2]], zp,
-                                 a["N"], a["K"])  # fmt: skip
+        bq = unpack_matmul_nbits(
+            a["bits"], a["block_size"], inits[node.input[1]], inits[node.input[2]], zp, a["N"], a["K"]
+        )
         stored = bq.dequantize()
         matches = [
             n
