@@ -1,7 +1,8 @@
 """Text for calibration, distillation and evaluation: the user's files, or text the teacher writes.
 
 Accepted files: plain text (``.txt`` or any name but ``.jsonl``, used as is), ``.jsonl`` with a
-``"text"`` field per line, or chat ``.jsonl`` with ``"messages": [{"role", "content"}...]`` (rendered with the model's chat template).
+``"text"`` field per line, or chat ``.jsonl`` with ``"messages": [{"role", "content"}...]``
+(rendered with the model's chat template).
 With no files, the teacher samples continuations of a built-in set of varied prompts.
 """
 
