@@ -215,9 +215,15 @@ def _run_target(
     run.gate(result.report)
 
     with progress(f"export[{name}]", f"writing {ctx.scheme.format.value} and validating it in its runtime"):
-        export_report, paths = export_and_validate(
-            result.artifact, staging, run.req.validate_tokens, mobile=run.req.mobile
-        )
+        try:
+            export_report, paths = export_and_validate(
+                result.artifact, staging, run.req.validate_tokens, mobile=run.req.mobile
+            )
+        except CompressorError as exc:
+            run.stages.append(
+                StageReport(stage=f"export[{name}]", status=StageStatus.FAILED, message=exc.render())
+            )
+            raise
     run.stages.append(export_report)
 
     for path in paths:

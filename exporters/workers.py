@@ -60,7 +60,8 @@ def check_logits(
     if problems:
         raise ValidationError(
             f"{name} disagrees with the torch model in {runtime} "
-            f"(max |logit diff| {stats['max_abs_diff']:.4g} over {len(reference)} tokens)",
+            f"(max |logit diff| {stats['max_abs_diff']:.4g}, mean KL {stats['mean_kl']:.4g}, "
+            f"top-1 {stats['top1_agreement']:.3f} over {len(reference)} tokens)",
             problems,
         )
     return stats

@@ -1,4 +1,4 @@
-"""ONNX on the real SmolLM2-135M: fp32 exactness, int4 decoding, both formats from one run, pruned shapes."""
+"""ONNX on the real SmolLM2-135M: fp32 exactness, int4 decoding, both formats from one run."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from compressor.quant import QuantScheme
-from exporters import llama_runtime, ort_runtime
+from exporters import ort_runtime
 from exporters.onnx import export_onnx, load_ort_causal_lm
 from exporters.workers import compare_logits
-from stages.prune import slice_uniform
 from stages.quantize import quantize_model
 from tests.conftest import LICENSE_TEXT
 
@@ -105,23 +104,3 @@ def test_int4_and_int8_load_in_ort_model_for_causal_lm(smollm2, both: Path, tmp_
             ]
         )
         assert "Paris" in text, (onnx_dir, text)
-
-
-def test_pruned_model_exports_to_gguf_and_onnx(smollm2, tmp_path: Path) -> None:
-    model = slice_uniform(copy.deepcopy(smollm2.model), q_per_group=2, intermediate_size=1024)
-    assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (6, 3)
-    src = tmp_path / "pruned"
-    model.save_pretrained(src, safe_serialization=True)
-    smollm2.tokenizer.save_pretrained(src)
-    out = tmp_path / "OUT"
-    proc = cli("compress", str(src), "--device", "host", "--quant", "gguf:Q4_0,onnx:int4", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert report["measured"]["model.gguf"]["heads"] == 6
-    prompt = _prompt(smollm2.tokenizer)
-    assert len(llama_runtime.greedy(out / "model.gguf", prompt, 8)) == 8
-    assert len(ort_runtime.greedy(out / "onnx" / "model.onnx", prompt, 8)) == 8
-    generated = load_ort_causal_lm(out / "onnx").generate(
-        torch.tensor([prompt]), max_new_tokens=4, do_sample=False
-    )
-    assert generated.shape[1] == len(prompt) + 4
