@@ -5,14 +5,13 @@ Every call runs ``exporters.llama_worker`` in a child process (see its docstring
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compressor.errors import require
-from exporters.workers import check_logits, run_worker
+from exporters.workers import check_logits, run_worker, worker_logits
 
 
 def _run(req: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
@@ -38,12 +37,9 @@ def measure(
 
 
 def logits(model: Path, ids: list[int], threads: int = 2) -> np.ndarray:
-    """Logits llama.cpp computes for every position of ``ids``: (len(ids), vocab) float32."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ids_path, out = Path(tmp) / "ids.npy", Path(tmp) / "logits.npy"
-        np.save(ids_path, np.asarray(ids, dtype=np.int64))
-        _run({"op": "logits", "model": str(model), "ids": str(ids_path), "out": str(out), "threads": threads})
-        return np.load(out)
+    """Logits for every position of ``ids``: (len(ids), vocab) float32."""
+    require("llama_cpp", "llamacpp")
+    return worker_logits("exporters.llama_worker", model, ids, threads)
 
 
 def greedy(model: Path, prompt_ids: list[int], n_new: int, threads: int = 2) -> list[int]:

@@ -30,6 +30,32 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux; fallback
 
 
+def timing_summary(
+    req: dict[str, Any],
+    load_ms: float,
+    ttft: list[float],
+    decode: list[float],
+    rss_before: float,
+    default_ctx: int,
+) -> dict[str, Any]:
+    """The answer of a measure request: medians, p90, peak RSS (shared by the runtime workers)."""
+    peak = _rss_mib()
+    return {
+        "load_ms": load_ms,
+        "ttft_ms": statistics.median(ttft),
+        "decode_ms_per_token": statistics.median(decode),
+        "decode_ms_p90": float(np.percentile(decode, 90)),
+        "peak_rss_mib": peak,
+        "interpreter_rss_mib": rss_before,
+        "runtime_rss_mib": peak - rss_before,
+        "n_ctx": req.get("n_ctx", default_ctx),
+        "threads": req.get("threads", 2),
+        "prompt_tokens": req["prompt_tokens"],
+        "gen_tokens": req["gen_tokens"],
+        "repeats": req.get("repeats", 3),
+    }
+
+
 def _open(req: dict[str, Any], logits_all: bool) -> Any:
     import llama_cpp
 
@@ -92,21 +118,7 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
             t = time.perf_counter()
             llm.eval([tok])
             decode.append((time.perf_counter() - t) * 1e3)
-    peak = _rss_mib()
-    return {
-        "load_ms": load_ms,
-        "ttft_ms": statistics.median(ttft),
-        "decode_ms_per_token": statistics.median(decode),
-        "decode_ms_p90": float(np.percentile(decode, 90)),
-        "peak_rss_mib": peak,
-        "interpreter_rss_mib": rss_before,
-        "runtime_rss_mib": peak - rss_before,
-        "n_ctx": req.get("n_ctx", 512),
-        "threads": req.get("threads", 2),
-        "prompt_tokens": req["prompt_tokens"],
-        "gen_tokens": req["gen_tokens"],
-        "repeats": req.get("repeats", 3),
-    }
+    return timing_summary(req, load_ms, ttft, decode, rss_before, default_ctx=512)
 
 
 def _quantize(req: dict[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,13 @@ peak RSS (VmHWM) is the runtime's own.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from exporters.llama_worker import _rss_mib
+from exporters.llama_worker import _rss_mib, timing_summary
 
 
 class Decoder:
@@ -94,21 +93,7 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
             _, past = dec.run([tok], past, pos)
             decode.append((time.perf_counter() - t) * 1e3)
             pos += 1
-    peak = _rss_mib()
-    return {
-        "load_ms": load_ms,
-        "ttft_ms": statistics.median(ttft),
-        "decode_ms_per_token": statistics.median(decode),
-        "decode_ms_p90": float(np.percentile(decode, 90)),
-        "peak_rss_mib": peak,
-        "interpreter_rss_mib": rss_before,
-        "runtime_rss_mib": peak - rss_before,
-        "n_ctx": req.get("n_ctx", 0),
-        "threads": req.get("threads", 2),
-        "prompt_tokens": req["prompt_tokens"],
-        "gen_tokens": req["gen_tokens"],
-        "repeats": req.get("repeats", 3),
-    }
+    return timing_summary(req, load_ms, ttft, decode, rss_before, default_ctx=0)
 
 
 OPS = {"measure": _measure, "logits": _logits, "greedy": _greedy}

@@ -5,12 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compressor.errors import InputError, ValidationError
+
+
+def worker_logits(module: str, model: Path, ids: list[int], threads: int = 2) -> np.ndarray:
+    """Logits a runtime computes for every position of ``ids`` (arrays travel as .npy files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ids_path, out = Path(tmp) / "ids.npy", Path(tmp) / "logits.npy"
+        np.save(ids_path, np.asarray(ids, dtype=np.int64))
+        req = {"op": "logits", "model": str(model), "ids": str(ids_path), "out": str(out), "threads": threads}
+        run_worker(module, req)
+        return np.load(out)
 
 
 def run_worker(module: str, req: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +15,11 @@ from compressor.loading import builtin_path
 from exporters import llama_runtime
 from exporters.gguf import export_gguf, llama_cpp_quantize
 from tests.conftest import LICENSE_TEXT
+from tests.integration.conftest import chat_prompt, cli
 
 pytestmark = pytest.mark.integration
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
-
-CHAT = [{"role": "user", "content": "What is the capital of France? Tell me about it."}]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    from compressor.loading import load_model
-
-    return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +116,7 @@ def test_q8_0_greedy_continuation_matches_float_torch(smollm2, tmp_path: Path) -
     )
     assert proc.returncode == 0, proc.stderr
     tok = smollm2.tokenizer
-    prompt = tok(tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)).input_ids
+    prompt = chat_prompt(tok)
     with torch.no_grad():
         ref = smollm2.model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
     expected = ref[0, len(prompt) :].tolist()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,21 +15,10 @@ from exporters.onnx import export_onnx, load_ort_causal_lm
 from exporters.workers import compare_logits
 from stages.quantize import quantize_model
 from tests.conftest import LICENSE_TEXT
+from tests.integration.conftest import chat_prompt, cli
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("onnxruntime")
-CHAT = [{"role": "user", "content": "What is the capital of France? Tell me about it."}]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from compressor.loading import load_model
-
-    return load_model("smollm2-135m")
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +39,6 @@ def both(tmp_path_factory) -> Path:
     return out
 
 
-def _prompt(tok) -> list[int]:
-    return tok(tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)).input_ids
-
-
 def test_fp32_onnx_logits_match_torch(smollm2, tmp_path: Path) -> None:
     path, _ = export_onnx(smollm2, tmp_path)
     ids = smollm2.tokenizer(LICENSE_TEXT.read_text(encoding="utf-8")).input_ids[:256]
@@ -63,7 +46,7 @@ def test_fp32_onnx_logits_match_torch(smollm2, tmp_path: Path) -> None:
         ref = smollm2.model(torch.tensor([ids])).logits[0].numpy()
     stats = compare_logits(ref, ort_runtime.logits(path, ids))
     assert stats["max_abs_diff"] < 1e-3, stats
-    prompt = torch.tensor([_prompt(smollm2.tokenizer)])
+    prompt = torch.tensor([chat_prompt(smollm2.tokenizer)])
     out = load_ort_causal_lm(path.parent).generate(prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in smollm2.tokenizer.decode(out[0, prompt.shape[1] :])
 
@@ -85,7 +68,7 @@ def test_one_run_writes_and_measures_both_formats(both: Path) -> None:
 
 def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path) -> None:
     model, _, _ = quantize_model(copy.deepcopy(smollm2.model), QuantScheme.parse("onnx:int4"))
-    prompt = _prompt(smollm2.tokenizer)
+    prompt = chat_prompt(smollm2.tokenizer)
     with torch.no_grad():
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
     expected = ref[0, len(prompt) :].tolist()
@@ -96,7 +79,7 @@ def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path)
 def test_int4_and_int8_load_in_ort_model_for_causal_lm(smollm2, both: Path, tmp_path: Path) -> None:
     model, packed, _ = quantize_model(copy.deepcopy(smollm2.model), scheme := QuantScheme.parse("onnx:int8"))
     export_onnx(smollm2.evolve("q", model=model, scheme=scheme, quantized=packed), tmp_path)
-    prompt = torch.tensor([_prompt(smollm2.tokenizer)])
+    prompt = torch.tensor([chat_prompt(smollm2.tokenizer)])
     for onnx_dir in (both / "onnx", tmp_path / "onnx"):
         text = smollm2.tokenizer.decode(
             load_ort_causal_lm(onnx_dir).generate(prompt, max_new_tokens=12, do_sample=False)[

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,24 +15,9 @@ from exporters.onnx import load_ort_causal_lm
 from stages.prune import prune_model
 from stages.prune_config import PruneConfig
 from tests.conftest import LICENSE_TEXT
+from tests.integration.conftest import chat_prompt, cli
 
 pytestmark = pytest.mark.integration
-CHAT = [{"role": "user", "content": "What is the capital of France? Tell me about it."}]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "compressor", *args], capture_output=True, text=True)
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from compressor.loading import load_model
-
-    return load_model("smollm2-135m")
-
-
-def _prompt(tok) -> list[int]:
-    return tok(tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)).input_ids
 
 
 def test_activation_importance_beats_random_on_heldout_text(smollm2) -> None:
@@ -49,7 +32,7 @@ def test_activation_importance_beats_random_on_heldout_text(smollm2) -> None:
     assert ppl["activation"] < ppl["random"] / 2
 
 
-def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(tmp_path: Path) -> None:
+def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(smollm2, tmp_path: Path) -> None:
     out = tmp_path / "OUT"
     proc = cli("compress", "smollm2-135m", "--device", "host", "--prune", "heads=6,kv_heads=3,mlp=1024",
                "--quant", "gguf:Q4_0,onnx:int4", "--calib-tokens", "1024", "--out", str(out))  # fmt: skip
@@ -59,10 +42,7 @@ def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(tmp_path: Path) -> None
     assert prune["shape_after"] == {"layers": 30, "heads": 6, "kv_heads": 3, "head_dim": 64, "mlp": 1024}
     assert prune["heldout_kl_to_unpruned"] > 0 and prune["params_after"] < prune["params_before"]
     assert report["measured"]["model.gguf"]["heads"] == 6
-    from compressor.loading import load_model
-
-    tok = load_model("smollm2-135m").tokenizer
-    prompt = _prompt(tok)
+    prompt = chat_prompt(smollm2.tokenizer)
     assert len(llama_runtime.greedy(out / "model.gguf", prompt, 8)) == 8
     assert len(ort_runtime.greedy(out / "onnx" / "model.onnx", prompt, 8)) == 8
     generated = load_ort_causal_lm(out / "onnx").generate(
@@ -81,7 +61,7 @@ def test_pruned_to_24_layers_reloads_and_generates(smollm2, tmp_path: Path) -> N
     model.save_pretrained(tmp_path / "m", safe_serialization=True)
     smollm2.tokenizer.save_pretrained(tmp_path / "m")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
-    prompt = torch.tensor([_prompt(smollm2.tokenizer)])
+    prompt = torch.tensor([chat_prompt(smollm2.tokenizer)])
     assert again.generate(prompt, max_new_tokens=6, do_sample=False).shape[1] == prompt.shape[1] + 6
     out = tmp_path / "OUT"
     proc = cli("compress", str(tmp_path / "m"), "--device", "host", "--out", str(out))
