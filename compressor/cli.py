@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=".txt/.jsonl text for calibration (default: text sampled from the model)",
     )
     g.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)")
+    d = c.add_argument_group("distillation")
+    d.add_argument(
+        "--distill", action="store_true", help="heal the (pruned) student against the float teacher"
+    )
+    d.add_argument(
+        "--qat", action="store_true", help="distill through the first --quant scheme's exact quantizer"
+    )
+    d.add_argument("--distill-tokens", type=int, default=32768, help="tokens to train on (default 32768)")
+    d.add_argument("--distill-minutes", type=float, help="stop after this many minutes")
+    d.add_argument("--distill-loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "skew_kl"])
+    d.add_argument("--distill-lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    d.add_argument("--resume", action="store_true", help="continue a killed distillation from its checkpoint")
     _budget_flags(c)
     c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
     c.add_argument("--force", action="store_true", help="replace a non-empty output directory")

@@ -28,6 +28,13 @@ class CompressRequest(BaseModel):
     prune_importance: str = "activation"
     calib_data: list[Path] = []  # .txt / .jsonl; none: text sampled from the teacher
     calib_tokens: Annotated[int, Field(ge=64, le=1_000_000)] = 2048
+    distill: bool = False  # heal the (pruned) student against the float teacher
+    qat: bool = False  # distill through the first target scheme's exact quantizer
+    distill_tokens: Annotated[int, Field(ge=256)] = 32_768
+    distill_minutes: Annotated[float | None, Field(gt=0)] = None
+    distill_loss: str = "forward_kl"
+    distill_lr: Annotated[float, Field(gt=0)] = 5e-5
+    resume: bool = False  # continue a killed distillation from its checkpoint
     keep_going: bool = False  # run every stage even when a projected budget fails
     force: bool = False  # replace a non-empty output directory
     trust_remote_code: bool = False

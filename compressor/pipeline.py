@@ -165,8 +165,11 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
             project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
             if prune is None:
                 run.gate(load)
+        teacher = artifact.model
         if prune is not None:
             artifact = _run_prune(run, artifact, prune, progress)
+        if req.distill or req.qat:
+            artifact = _run_distill(run, artifact, teacher, out.target, progress)
         for scheme in schemes:
             _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
     except CompressorError as exc:
@@ -280,6 +283,70 @@ def _run_prune(
     for scheme in run.schemes:
         project_after(result.artifact, StageContext(profile=run.profile, scheme=scheme), result.report)
         run.gate(result.report)
+    return result.artifact
+
+
+def _checkpoint_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.distill-checkpoint.pt")
+
+
+def _run_distill(
+    run: Run, artifact: ModelArtifact, teacher: Any, target: Path, progress: Progress
+) -> ModelArtifact:
+    import os
+
+    import torch
+
+    from compressor.calibration import token_stream
+    from stages.distill import DistillConfig
+    from stages.distill_stage import DistillStage
+
+    req, ckpt = run.req, _checkpoint_path(target)
+    resume = None
+    if req.resume:
+        if not ckpt.is_file():
+            raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
+        resume = torch.load(ckpt, weights_only=False)
+
+    def save(state: dict[str, Any]) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt)  # atomic: a kill never leaves half a checkpoint
+
+    def report_row(row: dict[str, float]) -> None:
+        if "heldout_kl" in row:
+            log.warning(
+                "distill step %d: loss %.4f, held-out KL %.4f, %.0f tokens/s",
+                row["step"],
+                row["loss"],
+                row["heldout_kl"],
+                row["tokens_per_s"],
+            )
+
+    config = DistillConfig.model_validate(
+        {
+            "loss": req.distill_loss,
+            "max_tokens": req.distill_tokens,
+            "max_minutes": req.distill_minutes,
+            "lr": req.distill_lr,
+        }
+    )
+    with progress("distill", "distilling from the float teacher"):
+        train, heldout, source = token_stream(
+            artifact, list(req.calib_data), max(req.distill_tokens // 4, 4096)
+        )
+        student = (
+            artifact
+            if artifact.model is not teacher
+            else artifact.evolve("copy", model=copy.deepcopy(teacher))
+        )
+        stage = DistillStage(
+            config, teacher, train, heldout, run.schemes[0] if req.qat else None, report_row, save, resume
+        )
+        result = stage.run(student, StageContext(profile=run.profile, scheme=run.schemes[0]))
+    result.report.summary["data_source"] = source
+    run.stages.append(result.report)
+    ckpt.unlink(missing_ok=True)
     return result.artifact
 
 

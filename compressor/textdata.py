@@ -76,7 +76,9 @@ def teacher_texts(model: Any, tokenizer: Any, n_tokens: int, seed: int = 0, batc
             for p in prompts
         ]
         tokenizer.padding_side = "left"
-        enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(
+            rendered, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
+        )
         out = model.generate(
             **enc,
             max_new_tokens=per,

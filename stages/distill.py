@@ -20,7 +20,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,21 +32,21 @@ from compressor.metrics import compare
 class DistillConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     loss: Literal["forward_kl", "reverse_kl", "skew_kl"] = "forward_kl"
-    temperature: float = Field(1.0, gt=0)
-    skew_alpha: float = Field(0.1, ge=0, le=1)
-    ce_weight: float = Field(0.0, ge=0)
-    top_k: int = Field(64, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(5, ge=0)
-    batch_size: int = Field(8, ge=1)
-    seq_len: int = Field(256, ge=8)
-    grad_accum: int = Field(1, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_tokens: int | None = Field(65_536, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
-    eval_every: int = Field(20, ge=1)
-    checkpoint_every: int = Field(20, ge=1)
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    skew_alpha: Annotated[float, Field(ge=0, le=1)] = 0.1
+    ce_weight: Annotated[float, Field(ge=0)] = 0.0
+    top_k: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 5
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    seq_len: Annotated[int, Field(ge=8)] = 256
+    grad_accum: Annotated[int, Field(ge=1)] = 1
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    max_tokens: Annotated[int | None, Field(ge=1)] = 65_536
+    max_minutes: Annotated[float | None, Field(gt=0)] = None
+    eval_every: Annotated[int, Field(ge=1)] = 20
+    checkpoint_every: Annotated[int, Field(ge=1)] = 20
     train: Literal["all", "no_embedding"] = "no_embedding"
     seed: int = 0
 
@@ -163,7 +163,8 @@ def distill(
         for micro in range(cfg.grad_accum):
             i = (step * cfg.grad_accum + micro) % len(batches)
             logits = student(batches[i]).logits
-            loss = kd_loss(logits, *cache[i], cfg)
+            t_logp, t_idx = cache[i]
+            loss = kd_loss(logits, t_logp, t_idx, cfg)
             if cfg.ce_weight:
                 loss = loss + cfg.ce_weight * F.cross_entropy(
                     logits[:, :-1].flatten(0, 1), batches[i][:, 1:].flatten()
@@ -175,8 +176,13 @@ def distill(
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        row = {"step": step, "tokens": tokens, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-               "tokens_per_s": tokens / (time.perf_counter() - start)}  # fmt: skip
+        row = {
+            "step": step,
+            "tokens": tokens,
+            "loss": loss_sum,
+            "lr": opt.param_groups[0]["lr"],
+            "tokens_per_s": tokens / (time.perf_counter() - start),
+        }
         if step % cfg.eval_every == 0 or step == total:
             student.eval()
             ev = compare(student, teacher, heldout_ids)
@@ -195,10 +201,17 @@ def distill(
                 "tokens": tokens,
                 "history": history,
             }
-            checkpoint(copy.deepcopy(snapshot))  # the live tensors keep training  # fmt: skip
+            checkpoint(copy.deepcopy(snapshot))  # the live tensors keep training
     student.eval()
     after = compare(student, teacher, heldout_ids)
     seconds = time.perf_counter() - start
-    stats = DistillStats(tokens=tokens, steps=step, seconds=seconds, tokens_per_s=tokens / seconds,
-                         before=before, after=after, history=history)  # fmt: skip
+    stats = DistillStats(
+        tokens=tokens,
+        steps=step,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds,
+        before=before,
+        after=after,
+        history=history,
+    )
     return student, stats

@@ -34,8 +34,20 @@ def test_activation_importance_beats_random_on_heldout_text(smollm2) -> None:
 
 def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(smollm2, tmp_path: Path) -> None:
     out = tmp_path / "OUT"
-    proc = cli("compress", "smollm2-135m", "--device", "host", "--prune", "heads=6,kv_heads=3,mlp=1024",
-               "--quant", "gguf:Q4_0,onnx:int4", "--calib-tokens", "1024", "--out", str(out))  # fmt: skip
+    proc = cli(
+        "compress",
+        "smollm2-135m",
+        "--device",
+        "host",
+        "--prune",
+        "heads=6,kv_heads=3,mlp=1024",
+        "--quant",
+        "gguf:Q4_0,onnx:int4",
+        "--calib-tokens",
+        "1024",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     prune = next(s for s in report["stages"] if s["stage"] == "prune")["summary"]

@@ -13,8 +13,16 @@ from stages.prune_config import PruneConfig
 from stages.quantize import quantize_model
 from tests.conftest import corpus
 
-CFG = DistillConfig(batch_size=2, seq_len=64, max_tokens=64 * 2 * 16, lr=3e-3, warmup_steps=2, eval_every=8,
-                    checkpoint_every=4, top_k=16)  # fmt: skip
+CFG = DistillConfig(
+    batch_size=2,
+    seq_len=64,
+    max_tokens=64 * 2 * 16,
+    lr=3e-3,
+    warmup_steps=2,
+    eval_every=8,
+    checkpoint_every=4,
+    top_k=16,
+)
 
 
 def _data(artifact) -> tuple[list[int], list[int]]:

@@ -10,8 +10,14 @@ from compressor.quant import QuantScheme
 from stages.fake_quant import apply_fake_quant, fake_quant, remove_fake_quant
 from stages.quantize import pack_weight, quantize_model
 
-SCHEMES = [("gguf:Q8_0", "Q8_0"), ("gguf:Q4_0", "Q4_0"), ("onnx:int4", "int4"), ("onnx:int4-asym", "int4"),
-           ("onnx:int8", "int8"), ("onnx:int4-block64", "int4")]  # fmt: skip
+SCHEMES = [
+    ("gguf:Q8_0", "Q8_0"),
+    ("gguf:Q4_0", "Q4_0"),
+    ("onnx:int4", "int4"),
+    ("onnx:int4-asym", "int4"),
+    ("onnx:int8", "int8"),
+    ("onnx:int4-block64", "int4"),
+]
 
 
 @pytest.fixture
