@@ -315,7 +315,7 @@ def _run_distill(
 
     def report_row(row: dict[str, float]) -> None:
         if "heldout_kl" in row:
-            log.warning(
+            log.info(
                 "distill step %d: loss %.4f, held-out KL %.4f, %.0f tokens/s",
                 row["step"],
                 row["loss"],
