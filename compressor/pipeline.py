@@ -332,9 +332,10 @@ def _run_distill(
         }
     )
     with progress("distill", "distilling from the float teacher"):
-        train, heldout, source = token_stream(
-            artifact, list(req.calib_data), max(req.distill_tokens // 4, 4096)
-        )
+        # Training cycles over the data. Sampling text from the teacher runs at ~100 tokens/s here, so
+        # teacher-written data is capped at 8192 tokens; the user's files give up to --distill-tokens.
+        n_data = req.distill_tokens if req.calib_data else min(req.distill_tokens, 8192)
+        train, heldout, source = token_stream(artifact, list(req.calib_data), n_data)
         student = (
             artifact
             if artifact.model is not teacher
