@@ -21,6 +21,10 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("onnxruntime")
 
 
+# The tests check the gate's mechanics, not this host's speed under load: latency budgets relaxed.
+RELAXED = ("--max-decode-ms", "1000", "--max-ttft-ms", "60000")
+
+
 @pytest.fixture(scope="module")
 def both(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("both") / "OUT"
@@ -31,6 +35,7 @@ def both(tmp_path_factory) -> Path:
         "raspberry-pi-5",
         "--quant",
         "gguf:Q4_0,onnx:int4",
+        *RELAXED,
         "--mobile",
         "--out",
         str(out),
@@ -63,7 +68,7 @@ def test_one_run_writes_and_measures_both_formats(both: Path) -> None:
     assert export["ort_format"]["file"] == "model.ort" and (both / "onnx" / "model.ort").is_file()
     md = (both / "report.md").read_text()
     assert "onnx/model.onnx" in md and "model.gguf" in md
-    assert cli("check", str(both), "--device", "raspberry-pi-5").returncode == 0
+    assert cli("check", str(both), "--device", "raspberry-pi-5", *RELAXED).returncode == 0
 
 
 def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path) -> None:
