@@ -299,6 +299,7 @@ def _quiet_libraries(debug: bool) -> None:
         warnings.filterwarnings("ignore")
         for name in ("transformers", "gguf", "torch"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger("compressor.pipeline").setLevel(logging.INFO)  # distillation progress lines
         with contextlib.suppress(ImportError):
             import transformers.utils.logging as tl
 
