@@ -1,6 +1,6 @@
 """Atomic output directories: build beside the target, rename into place at the end.
 
-A finished bundle is never left half-written: work happens in ``.<name>.partial-XXXX`` next to the
+A finished bundle is never left half-written: work happens in ``.<name>.partial-<random>`` next to the
 target, which is renamed to the target only when everything succeeded. On failure the target holds
 only the reports (so CI can read why), and the partial directory is removed.
 """
