@@ -14,7 +14,8 @@ agree), so the torch fake-quantizer used in distillation reproduces these values
 
 Packing (verified against onnxruntime in tests): 4-bit codes go two per byte, element 2i in the low
 nibble and 2i+1 in the high nibble; MatMulNBits takes B as (N, K/block, block*bits/8) and scales as
-(N*K/block,); GatherBlockQuantized takes the same bytes as (N, K*bits/8) and scales as (N, K/block).
+(N*K/block,); GatherBlockQuantized reads the same bytes as (N, K*bits/8) and scales as (N, K/block)
+(the exporter adds Reshape nodes, so one copy serves the embedding and the tied head).
 Zero points, when present, are packed like the codes along the block axis.
 """
 
@@ -115,16 +116,6 @@ def matmul_nbits_tensors(bq: BlockQuant) -> dict[str, np.ndarray]:
     if bq.zero_points is not None:
         zp = _pack_nibbles(bq.zero_points) if bq.bits == 4 else bq.zero_points
         out["zero_points"] = np.ascontiguousarray(zp).reshape(-1)
-    return out
-
-
-def gather_tensors(bq: BlockQuant) -> dict[str, np.ndarray]:
-    """data (N, K*bits/8), scales (N, nb), zero_points packed (N, ceil(nb*bits/8)) if any."""
-    n = bq.shape[0]
-    t = matmul_nbits_tensors(bq)
-    out = {"data": t["B"].reshape(n, -1), "scales": bq.scales}
-    if "zero_points" in t:
-        out["zero_points"] = t["zero_points"].reshape(n, -1)
     return out
 
 

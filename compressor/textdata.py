@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +91,6 @@ def teacher_texts(model: Any, tokenizer: Any, n_tokens: int, seed: int = 0, batc
             for i in range(batch)
         ]
     return texts
-
-
-def builtin_heldout() -> str:
-    return resources.files("compressor").joinpath("data/validation.txt").read_text(encoding="utf-8")
 
 
 def tokenize_docs(docs: Sequence[str], tokenizer: Any) -> list[int]:

@@ -59,40 +59,6 @@ def slice_mlp(mlp: Any, channels: Sequence[int]) -> None:
     mlp.intermediate_size = len(idx)
 
 
-def slice_uniform(
-    model: Any,
-    q_per_group: int | None = None,
-    intermediate_size: int | None = None,
-    head_scores: torch.Tensor | None = None,
-    channel_scores: torch.Tensor | None = None,
-) -> Any:
-    """Keep ``q_per_group`` query heads per KV group and ``intermediate_size`` MLP channels in every
-    layer, the highest-scored ones (scores: (layers, heads) and (layers, channels); default: the
-    first ones). Updates the config. Returns the model (changed in place)."""
-    cfg = model.config
-    n_heads, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    group = n_heads // n_kv
-    for i, layer in enumerate(model.model.layers):
-        if q_per_group is not None and q_per_group < group:
-            heads = []
-            for g in range(n_kv):
-                members = torch.arange(g * group, (g + 1) * group)
-                score = head_scores[i, members] if head_scores is not None else -members.float()
-                heads += sorted(members[torch.argsort(score, descending=True)[:q_per_group]].tolist())
-            slice_attention(layer.self_attn, heads, list(range(n_kv)), head_dim)
-        if intermediate_size is not None and intermediate_size < cfg.intermediate_size:
-            n = cfg.intermediate_size
-            score = channel_scores[i] if channel_scores is not None else -torch.arange(n).float()
-            slice_mlp(layer.mlp, torch.argsort(score, descending=True)[:intermediate_size].tolist())
-    if q_per_group is not None and q_per_group < group:
-        cfg.num_attention_heads = q_per_group * n_kv
-    if intermediate_size is not None:
-        cfg.intermediate_size = min(intermediate_size, cfg.intermediate_size)
-    cfg.head_dim = head_dim
-    return model
-
-
 def drop_layers(model: Any, keep: Sequence[int]) -> Any:
     """Keep decoder layers ``keep`` (in order); renumber them so the KV cache indexes stay right."""
     keep = sorted(keep)

@@ -13,7 +13,8 @@ from exporters import ort_runtime
 from exporters.onnx import export_onnx, load_ort_causal_lm
 from exporters.validate import EXPORTERS
 from exporters.workers import compare_logits
-from stages.prune import slice_uniform
+from stages.prune import prune_model
+from stages.prune_config import PruneConfig
 from stages.quantize import quantize_model
 from tests.conftest import corpus
 
@@ -97,8 +98,9 @@ def test_greedy_with_kv_cache_equals_full_recompute(tiny_artifact, tmp_path: Pat
 
 
 def test_pruned_shapes_export_and_load_in_optimum(tiny_artifact, tmp_path: Path) -> None:
-    art = copy.deepcopy(tiny_artifact)
-    slice_uniform(art.model, q_per_group=1, intermediate_size=64)  # head_dim 16, 2 heads: 2*16 != hidden 64
+    ids = torch.tensor([_ids(tiny_artifact)])
+    pruned, _ = prune_model(copy.deepcopy(tiny_artifact.model), PruneConfig.parse("heads=2,mlp=64"), [ids])
+    art = tiny_artifact.evolve("prune", model=pruned)  # 2 heads x 16 != hidden 64
     art = _quantized(art, "onnx:int4")
     path, _ = export_onnx(art, tmp_path)
     ids = _ids(tiny_artifact, 32)
