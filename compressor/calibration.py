@@ -32,7 +32,7 @@ def _teacher_docs(artifact: Any, n_tokens: int) -> list[str]:
     docs = teacher_texts(artifact.model, artifact.tokenizer, n_tokens)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # torchrun ranks may race
         tmp.write_text(json.dumps(docs), encoding="utf-8")
         os.replace(tmp, path)
     except OSError:

@@ -151,22 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
     """A rich spinner line per stage with elapsed time; a no-op when disabled."""
+    from compressor.pipeline import _quiet
+
     if not enabled:
-        yield lambda stage, text: contextlib.nullcontext()
+        yield _quiet
         return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=20),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        transient=False,
     ) as prog:
 
         @contextlib.contextmanager
-        def stage(name: str, text: str) -> Iterator[None]:
-            task = prog.add_task(f"[bold]{name}[/]: {text}", total=1)
+        def stage(name: str, text: str) -> Iterator[Any]:
+            task = prog.add_task(f"[bold]{name}[/]: {text}", total=1, status="")
+
+            def update(completed: float, total: float, status: str) -> None:
+                prog.update(task, completed=completed, total=total, status=status)
+
             try:
-                yield
+                yield update
             finally:
-                prog.update(task, completed=1)
+                prog.update(task, completed=prog.tasks[task].total or 1)
 
         yield stage
 
@@ -215,9 +226,13 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
         problems = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid options", problems) from None
-    show = not args.quiet and sys.stderr.isatty()
+    from compressor import distributed
+
+    show = not args.quiet and sys.stderr.isatty() and distributed.is_main()
     with _progress(show) as progress:
         report = compress(req, progress)
+    if not distributed.is_main():
+        return report.exit_code  # rank 0 reports for the whole torchrun job
     _print_checks(report)
     if report.exit_code != 0:
         print(f"error: {report.message}", file=sys.stderr)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 @torch.no_grad()
 def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    return model(ids).logits.double()  # (B, T, V)
+    device = next(model.parameters()).device
+    return model(ids.to(device)).logits.double().cpu()  # (B, T, V)
 
 
 @torch.no_grad()

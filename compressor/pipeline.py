@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from compressor import __version__
+from compressor import __version__, distributed
 from compressor.artifact import ModelArtifact, weight_inventory
 from compressor.budget import (
     BudgetCheck,
@@ -41,12 +41,17 @@ from stages.prune_config import PruneConfig, resolve
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, str], contextlib.AbstractContextManager[Any]]
+Update = Callable[[float, float, str], None]  # (completed, total, status text)
+Progress = Callable[[str, str], contextlib.AbstractContextManager[Update]]
+
+
+def _ignore(completed: float, total: float, text: str) -> None:
+    return None
 
 
 @contextlib.contextmanager
-def _quiet(stage: str, description: str) -> Iterator[None]:
-    yield
+def _quiet(stage: str, description: str) -> Iterator[Update]:
+    yield _ignore
 
 
 def project_after(artifact: ModelArtifact, ctx: StageContext, report: StageReport) -> list[BudgetCheck]:
@@ -141,6 +146,8 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     from compressor.loading import load_model
 
     profile, schemes = resolve_inputs(req)
+    if not distributed.is_main():  # another torchrun process: it trains alongside rank 0, writes nothing
+        return _train_only(req, profile, schemes)
     out = OutputDir(req.out, force=req.force)
     staging = out.prepare()
     run = Run(req, profile, schemes)
@@ -189,6 +196,21 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         (staging / name).write_text(text, encoding="utf-8")
     out.commit()
     return report
+
+
+def _train_only(req: CompressRequest, profile: DeviceProfile, schemes: list[QuantScheme]) -> RunReport:
+    """A torchrun process of rank > 0: load, prune and distill in step with rank 0; no files."""
+    from compressor.loading import load_model
+
+    run = Run(req, profile, schemes)
+    artifact = load_model(req.model, trust_remote_code=req.trust_remote_code)
+    teacher = artifact.model
+    prune = _plan_pruning(req, artifact, profile, schemes)
+    if prune is not None:
+        artifact = _run_prune(run, artifact, prune, _quiet)
+    if req.distill or req.qat:
+        _run_distill(run, artifact, teacher, req.out, _quiet)
+    return run.report(Outcome.PASS, ExitCode.OK, f"rank {distributed.rank()}: trained; rank 0 writes")
 
 
 def _finish(report: RunReport, run: Run) -> None:
@@ -313,8 +335,11 @@ def _run_distill(
         torch.save(state, tmp)
         os.replace(tmp, ckpt)  # atomic: a kill never leaves half a checkpoint
 
+    last_kl: list[float] = []
+
     def report_row(row: dict[str, float]) -> None:
         if "heldout_kl" in row:
+            last_kl[:] = [row["heldout_kl"]]
             log.info(
                 "distill step %d: loss %.4f, held-out KL %.4f, %.0f tokens/s",
                 row["step"],
@@ -322,6 +347,14 @@ def _run_distill(
                 row["heldout_kl"],
                 row["tokens_per_s"],
             )
+        kl = f", held-out KL {last_kl[0]:.4f}" if last_kl else ""
+        eta = time.strftime("%M:%S", time.gmtime(row["eta_s"]))
+        bar(
+            row["step"],
+            row["total_steps"],
+            f"step {row['step']}/{row['total_steps']}: loss {row['loss']:.4f}{kl}, "
+            f"{row['tokens_per_s']:.0f} tokens/s, ETA {eta}",
+        )
 
     config = DistillConfig.model_validate(
         {
@@ -331,7 +364,7 @@ def _run_distill(
             "lr": req.distill_lr,
         }
     )
-    with progress("distill", "distilling from the float teacher"):
+    with progress("distill", "distilling from the float teacher") as bar:
         # Training cycles over the data. Sampling text from the teacher runs at ~100 tokens/s here, so
         # teacher-written data is capped at 8192 tokens; the user's files give up to --distill-tokens.
         n_data = req.distill_tokens if req.calib_data else min(req.distill_tokens, 8192)
@@ -347,7 +380,8 @@ def _run_distill(
         result = stage.run(student, StageContext(profile=run.profile, scheme=run.schemes[0]))
     result.report.summary["data_source"] = source
     run.stages.append(result.report)
-    ckpt.unlink(missing_ok=True)
+    if distributed.is_main():
+        ckpt.unlink(missing_ok=True)
     return result.artifact
 
 

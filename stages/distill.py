@@ -2,30 +2,39 @@
 
 ``distill(student, teacher, train_ids, heldout_ids, DistillConfig) -> (student, DistillStats)``.
 
-What makes it cheap on a small CPU (the naive loop spends most of its time in the 49152-wide head):
-  * the teacher runs once, up front: its top-k logits per position are cached and reused every
-    epoch, so no teacher forward happens inside the loop;
-  * the KL is taken over the teacher's top-k support (renormalized), not the full vocabulary;
+What makes it fast on a small CPU (a naive loop spends most of its time in the 49152-wide head,
+the teacher's forward and the full-vocabulary KL; ``bench/distill_loop.py`` measures both):
+  * the teacher runs once, up front: its top-k log-probabilities per position are cached, so no
+    teacher forward happens inside the loop (and every epoch reuses them);
+  * the student's head is evaluated only at the teacher's top-k token ids (a gather and a dot product
+    per position instead of a (tokens x vocabulary) matmul), and the KL is taken on that support;
   * the tied embedding/head is frozen by default (``train="no_embedding"``): its gradient is the most
-    expensive one and pruning/quantizing the body is what needs healing.
-Losses: forward KL (default), reverse KL, or skew KL (forward KL to ``alpha*p + (1-alpha)*q``), all on
-the top-k support, with temperature; plus optional cross-entropy on the text. AdamW, linear warmup then
-cosine decay, gradient accumulation and clipping; stops at ``max_tokens`` or ``max_minutes``.
+    expensive one, and the body is what pruning and quantization change;
+  * bf16 autocast where the hardware has bf16 arithmetic (AVX512-BF16/AMX CPUs, CUDA GPUs), and the
+    eager attention kernel while training (its backward is faster on CPU than the fused one).
+Losses: forward KL (default), reverse KL, or skew KL (forward KL to ``alpha*p + (1-alpha)*q``), on the
+top-k support with temperature; plus optional cross-entropy on the text (needs the full logits).
+AdamW, linear warmup then cosine decay, gradient accumulation and clipping; stops at ``max_tokens`` or
+``max_minutes``. Under ``torchrun`` the same loop runs data-parallel with DistributedDataParallel: every
+global batch is split across the processes, gradients are averaged, and only rank 0 checkpoints.
 Checkpoints go through a callback (stages never touch the filesystem); ``resume`` restarts from one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
+from compressor import distributed
 from compressor.metrics import compare
 
 
@@ -36,10 +45,13 @@ class DistillConfig(BaseModel):
     skew_alpha: Annotated[float, Field(ge=0, le=1)] = 0.1
     ce_weight: Annotated[float, Field(ge=0)] = 0.0
     top_k: Annotated[int, Field(ge=1)] = 64
+    # "tail": KL over the top-k ids plus one bucket for the rest of the vocabulary (exact normalizer,
+    # one extra head matmul); "renormalized": KL on the top-k support alone (cheapest, ignores the tail).
+    support: Literal["tail", "renormalized"] = "tail"
     lr: Annotated[float, Field(gt=0)] = 5e-5
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     warmup_steps: Annotated[int, Field(ge=0)] = 5
-    batch_size: Annotated[int, Field(ge=1)] = 8
+    batch_size: Annotated[int, Field(ge=1)] = 8  # global: split across torchrun processes
     seq_len: Annotated[int, Field(ge=8)] = 256
     grad_accum: Annotated[int, Field(ge=1)] = 1
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
@@ -48,6 +60,8 @@ class DistillConfig(BaseModel):
     eval_every: Annotated[int, Field(ge=1)] = 20
     checkpoint_every: Annotated[int, Field(ge=1)] = 20
     train: Literal["all", "no_embedding"] = "no_embedding"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 
 
@@ -55,29 +69,69 @@ class DistillStats(BaseModel):
     tokens: int
     steps: int
     seconds: float
-    tokens_per_s: float
+    train_seconds: float
+    teacher_seconds: float
+    tokens_per_s: float  # training tokens per second of the training loop (no evaluation, no teacher)
+    device: str
+    precision: str
+    world_size: int
     before: dict[str, float]
     after: dict[str, float]
     history: list[dict[str, float]]
 
 
+def _cpu_has_bf16() -> bool:
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def resolve_device(cfg: DistillConfig) -> tuple[str, torch.dtype | None]:
+    """(device type, autocast dtype or None for fp32) for this config on this machine."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU")
+    if cfg.precision == "fp32":
+        return device, None
+    if cfg.precision == "bf16":
+        return device, torch.bfloat16
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else _cpu_has_bf16()
+    return device, torch.bfloat16 if native else None
+
+
 @torch.no_grad()
 def teacher_topk(teacher: Any, batches: list[torch.Tensor], k: int, temperature: float) -> list[tuple]:
-    """Per batch: (top-k log-probs at temperature (B, T, k), their token ids (B, T, k))."""
+    """Per batch: (full-vocabulary log-probs at temperature of the top-k ids (B, T, k), the ids), fp32."""
     out = []
     for b in batches:
         logp = F.log_softmax(teacher(b).logits.float() / temperature, dim=-1)
         vals, idx = logp.topk(k, dim=-1)
-        out.append((vals - vals.logsumexp(-1, keepdim=True), idx))  # renormalized on the support
+        out.append((vals, idx))
     return out
 
 
+def _with_tail(logp: torch.Tensor) -> torch.Tensor:
+    """Append the log of the remaining probability mass as a (k+1)-th bucket."""
+    rest = (-torch.expm1(logp.logsumexp(-1, keepdim=True))).clamp_min(1e-8)  # 1 - sum(p), stable
+    return torch.cat([logp, rest.log()], dim=-1)
+
+
 def kd_loss(
-    student_logits: torch.Tensor, t_logp: torch.Tensor, t_idx: torch.Tensor, cfg: DistillConfig
+    s_topk: torch.Tensor, t_logp: torch.Tensor, cfg: DistillConfig, s_lse: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Distillation loss per token on the teacher's top-k support; shapes (B, T, V), (B, T, k)."""
-    s = torch.gather(student_logits.float() / cfg.temperature, -1, t_idx)
-    s_logq = s - s.logsumexp(-1, keepdim=True)  # (B, T, k)
+    """Distillation loss per token, on the teacher's top-k ids (+ the rest of the vocabulary as one
+    bucket when the student's full log-normalizer ``s_lse`` (B, T) is given).
+
+    ``s_topk``: the student's logits at the teacher's top-k ids (B, T, k); ``t_logp``: the teacher's
+    full-vocabulary log-probs there (B, T, k)."""
+    s = s_topk.float() / cfg.temperature
+    if s_lse is None:  # the top-k support alone, both distributions renormalized on it
+        s_logq = s - s.logsumexp(-1, keepdim=True)
+        t_logp = t_logp - t_logp.logsumexp(-1, keepdim=True)
+    else:
+        s_logq = _with_tail(s - s_lse.float().unsqueeze(-1) / cfg.temperature)
+        t_logp = _with_tail(t_logp)
     p = t_logp.exp()
     if cfg.loss == "forward_kl":
         kl = (p * (t_logp - s_logq)).sum(-1)
@@ -90,8 +144,93 @@ def kd_loss(
     return kl.mean() * cfg.temperature**2
 
 
+def _plain_head(student: Any) -> bool:
+    """True when logits are exactly ``hidden @ head.T`` (no bias, scaling or soft-capping)."""
+    head, cfg = student.get_output_embeddings(), student.config
+    extra = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    return (
+        isinstance(head, nn.Linear)
+        and head.bias is None
+        and hasattr(student, "get_decoder")
+        and not any(getattr(cfg, a, None) for a in extra)
+    )
+
+
+class _HeadLogSumExp(torch.autograd.Function):
+    """logsumexp over the vocabulary of ``hidden @ head.T`` for a frozen head, chunk by chunk.
+
+    The (tokens x vocabulary) logits are never kept: the backward recomputes each chunk and returns
+    ``softmax(chunk) @ head`` scaled by the incoming gradient. Matmuls run in ``dtype`` (bf16 under
+    autocast), softmax statistics in fp32."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, head: torch.Tensor, dtype: torch.dtype, chunk: int) -> Any:
+        h, w = hidden.to(dtype), head.to(dtype)
+        acc = torch.promote_types(dtype, torch.float32)  # softmax statistics in at least fp32
+        with torch.autocast(hidden.device.type, enabled=False):
+            lse = torch.cat([(c @ w.T).to(acc).logsumexp(-1) for c in h.split(chunk)])
+        ctx.save_for_backward(h, w, lse)
+        ctx.chunk, ctx.out_dtype = chunk, hidden.dtype
+        return lse
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        h, w, lse = ctx.saved_tensors
+        parts = []
+        with torch.autocast(h.device.type, enabled=False):
+            for start in range(0, h.shape[0], ctx.chunk):
+                end = start + ctx.chunk
+                p = (h[start:end] @ w.T).to(lse.dtype).sub_(lse[start:end, None]).exp_()
+                p.mul_(grad[start:end, None])
+                parts.append(p.to(w.dtype) @ w)
+        return torch.cat(parts).to(ctx.out_dtype), None, None, None
+
+
+class StudentTopK(nn.Module):
+    """The student's logits at given token ids, and what else the loss needs.
+
+    ``forward(ids, idx) -> (logits at idx (B, T, k), full-vocabulary logsumexp (B, T) or None, full
+    logits or None)``. With a plain head the (B, T, k) logits are dot products with the gathered head
+    rows, and the logsumexp (``tail=True``) is computed chunk by chunk without keeping the logits;
+    otherwise (or when the full logits are asked for, e.g. for cross-entropy) the whole head runs."""
+
+    def __init__(self, student: Any, frozen_head: torch.Tensor | None, full: bool, tail: bool) -> None:
+        super().__init__()
+        self.student = student
+        self.frozen_head = frozen_head  # a plain tensor: not a parameter of this module
+        self.full = full or not _plain_head(student)
+        self.tail = tail
+
+    def forward(self, ids: torch.Tensor, idx: torch.Tensor) -> tuple[Any, Any, Any]:
+        if self.full:
+            logits = self.student(ids).logits
+            lse = logits.float().logsumexp(-1) if self.tail else None
+            return torch.gather(logits, -1, idx), lse, logits
+        hidden = self.student.get_decoder()(input_ids=ids).last_hidden_state  # (B, T, H)
+        head = (
+            self.frozen_head if self.frozen_head is not None else self.student.get_output_embeddings().weight
+        )
+        head = head.to(hidden.dtype)
+        s_topk = torch.einsum("bth,btkh->btk", hidden, head[idx])
+        lse = None
+        if self.tail:
+            rows = hidden.reshape(-1, hidden.shape[-1])
+            if self.frozen_head is not None:
+                dtype = (
+                    torch.get_autocast_dtype(rows.device.type)
+                    if torch.is_autocast_enabled(rows.device.type)
+                    else rows.dtype
+                )
+                lse = _HeadLogSumExp.apply(rows, self.frozen_head, dtype, 256)
+            else:  # a trained head needs its own gradient: plain autograd
+                lse = torch.cat([(c @ head.T).float().logsumexp(-1) for c in rows.split(512)])
+            lse = lse.view(hidden.shape[:-1])
+        return s_topk, lse, None
+
+
 def _batches(ids: list[int], cfg: DistillConfig) -> list[torch.Tensor]:
-    n = len(ids) // cfg.seq_len
+    """Full batches of ``batch_size`` sequences (a partial last batch is dropped)."""
+    n = len(ids) // cfg.seq_len // cfg.batch_size * cfg.batch_size
     seqs = torch.tensor(ids[: n * cfg.seq_len]).view(n, cfg.seq_len)
     return [seqs[i : i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
 
@@ -118,11 +257,49 @@ def _trainable(student: Any, cfg: DistillConfig) -> list[torch.nn.Parameter]:
     return params
 
 
-def _lr_at(step: int, total: int, cfg: DistillConfig) -> float:
+def _lr_at(step: int, total: int, cfg: DistillConfig, time_frac: float = 0.0) -> float:
+    """Linear warmup, then cosine decay over whichever budget (tokens or minutes) runs out first."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    frac = max((step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps), time_frac)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _time_frac(start: float, cfg: DistillConfig) -> float:
+    return (time.perf_counter() - start) / (cfg.max_minutes * 60) if cfg.max_minutes else 0.0
+
+
+@contextlib.contextmanager
+def _training_attention(model: Any) -> Iterator[None]:
+    """Use the eager attention kernel while training (faster backward on CPU), then restore."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before in (None, "eager"):
+        yield
+        return
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _eta(step: int, total: int, step_seconds: float, start: float, cfg: DistillConfig) -> float:
+    eta = (total - step) * step_seconds
+    if cfg.max_minutes:
+        eta = min(eta, max(0.0, cfg.max_minutes * 60 - (time.perf_counter() - start)))
+    return eta
+
+
+def _time_budget(start: float, cfg: DistillConfig, world: int) -> float:
+    """Fraction of ``max_minutes`` used (0 without one), taken by rank 0 and shared with every process,
+    so all stop together and follow the same learning-rate schedule."""
+    frac = torch.tensor([_time_frac(start, cfg)], dtype=torch.float64)
+    if world > 1 and cfg.max_minutes:
+        import torch.distributed as dist
+
+        dist.broadcast(frac, src=0)
+    return float(frac.item())
 
 
 def distill(
@@ -138,78 +315,110 @@ def distill(
     """Train ``student`` towards ``teacher`` on ``train_ids``; evaluate on ``heldout_ids``."""
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    batches = _batches(train_ids, cfg)
+    device_type, amp = resolve_device(cfg)
+    rank, world = distributed.setup(device_type)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} does not split over {world} processes")
+    device = distributed.local_device(device_type)
+    local = cfg.batch_size // world
+    batches = [b[rank * local : (rank + 1) * local].to(device) for b in _batches(train_ids, cfg)]
     if not batches:
-        raise ValueError(f"need at least {cfg.seq_len} training tokens")
+        raise ValueError(f"need at least {cfg.batch_size} sequences of {cfg.seq_len} training tokens")
+    student.to(device)
+    teacher.to(device).eval()
     cache = teacher_topk(teacher, batches, cfg.top_k, cfg.temperature)
-    teacher.eval()
+    teacher_seconds = time.perf_counter() - start
     before = compare(student, teacher, heldout_ids)
     params = _trainable(student, cfg)
+    frozen_head = None
+    if not _weight_param(student.get_output_embeddings()).requires_grad:
+        with torch.no_grad():  # computed once (fake-quantized too, under QAT), not every step
+            frozen_head = student.get_output_embeddings().weight.detach().clone()
+    net: nn.Module = StudentTopK(student, frozen_head, full=cfg.ce_weight > 0, tail=cfg.support == "tail")
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global tokens per optimizer step
     total = max(1, (cfg.max_tokens or 10**12) // per_step)
     step, tokens, history = 0, 0, []
     if resume:
         student.load_state_dict(resume["student"], strict=False)
         opt.load_state_dict(resume["optimizer"])
         step, tokens, history = resume["step"], resume["tokens"], resume["history"]
+    train_seconds, first_step = 0.0, step
     student.train()
-    while step < total:
-        if cfg.max_minutes and time.perf_counter() - start > cfg.max_minutes * 60:
-            break
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, total, cfg)
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            i = (step * cfg.grad_accum + micro) % len(batches)
-            logits = student(batches[i]).logits
-            t_logp, t_idx = cache[i]
-            loss = kd_loss(logits, t_logp, t_idx, cfg)
-            if cfg.ce_weight:
-                loss = loss + cfg.ce_weight * F.cross_entropy(
-                    logits[:, :-1].flatten(0, 1), batches[i][:, 1:].flatten()
-                )
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
-            tokens += batches[i].numel()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        row = {
-            "step": step,
-            "tokens": tokens,
-            "loss": loss_sum,
-            "lr": opt.param_groups[0]["lr"],
-            "tokens_per_s": tokens / (time.perf_counter() - start),
-        }
-        if step % cfg.eval_every == 0 or step == total:
-            student.eval()
-            ev = compare(student, teacher, heldout_ids)
-            student.train()
-            row.update(heldout_kl=ev["mean_kl"], heldout_top1=ev["top1_agreement"])
-        history.append(row)
-        if progress:
-            progress(row)
-        if checkpoint and step % cfg.checkpoint_every == 0:
-            trainable = {n for n, p in student.named_parameters() if p.requires_grad}
-            state = {k: v for k, v in student.state_dict().items() if k in trainable}
-            snapshot = {
-                "student": state,
-                "optimizer": opt.state_dict(),
+    with _training_attention(student):
+        while step < total:
+            time_frac = _time_budget(start, cfg, world)
+            if time_frac >= 1.0:
+                break
+            t_step = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total, cfg, time_frac)
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                i = (step * cfg.grad_accum + micro) % len(batches)
+                t_logp, t_idx = cache[i]
+                with torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None):
+                    s_topk, s_lse, logits = net(batches[i], t_idx)
+                    loss = kd_loss(s_topk, t_logp, cfg, s_lse)
+                    if logits is not None and cfg.ce_weight:
+                        ce = F.cross_entropy(
+                            logits[:, :-1].flatten(0, 1).float(), batches[i][:, 1:].flatten()
+                        )
+                        loss = loss + cfg.ce_weight * ce
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            tokens += per_step
+            train_seconds += time.perf_counter() - t_step
+            rate = (step - first_step) * per_step / train_seconds
+            row = {
                 "step": step,
+                "total_steps": total,
                 "tokens": tokens,
-                "history": history,
+                "loss": loss_sum,
+                "lr": opt.param_groups[0]["lr"],
+                "tokens_per_s": rate,
+                "eta_s": _eta(step, total, per_step / rate, start, cfg),
             }
-            checkpoint(copy.deepcopy(snapshot))  # the live tensors keep training
+            if step % cfg.eval_every == 0 or step == total:
+                student.eval()
+                ev = compare(student, teacher, heldout_ids)
+                student.train()
+                row.update(heldout_kl=ev["mean_kl"], heldout_top1=ev["top1_agreement"])
+            history.append(row)
+            if progress and rank == 0:
+                progress(row)
+            if checkpoint and rank == 0 and step % cfg.checkpoint_every == 0:
+                trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+                state = {k: v for k, v in student.state_dict().items() if k in trainable}
+                snapshot = {
+                    "student": state,
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "tokens": tokens,
+                    "history": history,
+                }
+                checkpoint(copy.deepcopy(snapshot))  # the live tensors keep training
     student.eval()
     after = compare(student, teacher, heldout_ids)
+    student.to("cpu")
+    teacher.to("cpu")
     seconds = time.perf_counter() - start
     stats = DistillStats(
         tokens=tokens,
         steps=step,
         seconds=seconds,
-        tokens_per_s=tokens / seconds,
+        train_seconds=train_seconds,
+        teacher_seconds=teacher_seconds,
+        tokens_per_s=(step - first_step) * per_step / train_seconds if train_seconds else 0.0,
+        device=device,
+        precision=str(amp).replace("torch.", "") if amp else "float32",
+        world_size=world,
         before=before,
         after=after,
         history=history,

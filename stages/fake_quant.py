@@ -34,10 +34,10 @@ def _signed_max(x: torch.Tensor) -> torch.Tensor:
 
 def _q4_sym(x: torch.Tensor, fp16_scale: bool) -> torch.Tensor:
     d = _signed_max(x) / -8.0
-    q = torch.clamp(torch.trunc(x * _inverse(d)[..., None] + 8.5), max=15.0)
+    q = torch.mul(x, _inverse(d)[..., None]).add_(8.5).trunc_().clamp_(max=15.0)  # in place: one buffer
     if fp16_scale:
         d = d.half().float()
-    return (q - 8.0) * d[..., None]
+    return q.sub_(8.0).mul_(d[..., None])
 
 
 def _q8_gguf(x: torch.Tensor) -> torch.Tensor:
@@ -84,17 +84,40 @@ def fake_quant(w: torch.Tensor, scheme: QuantScheme, kind: str) -> torch.Tensor:
     return out.reshape(w.shape)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized weight; backward: the gradient unchanged (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return q
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        return grad, None
+
+
 class FakeQuant(nn.Module):
-    """Parametrization: the forward pass sees the quantized weight, the gradient reaches the float one."""
+    """Parametrization: the forward pass sees the quantized weight, the gradient reaches the float one.
+
+    A weight that is not being trained (frozen embedding, evaluation) is quantized once and reused
+    until it changes (its version counter moves on any in-place update)."""
 
     def __init__(self, scheme: QuantScheme, kind: str) -> None:
         super().__init__()
         self.scheme, self.kind = scheme, kind
+        self._frozen: tuple[int, int, torch.Tensor] | None = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not w.requires_grad:
+            key = (w.data_ptr(), w._version)
+            if self._frozen is None or self._frozen[:2] != key:
+                with torch.no_grad():
+                    self._frozen = (*key, fake_quant(w, self.scheme, self.kind))
+            return self._frozen[2]
+        self._frozen = None
         with torch.no_grad():
             q = fake_quant(w, self.scheme, self.kind)
-        return w + (q - w).detach()  # straight-through estimator
+        return _StraightThrough.apply(w, q)
 
 
 def apply_fake_quant(model: Any, scheme: QuantScheme) -> Any:

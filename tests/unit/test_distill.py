@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from compressor.quant import QuantScheme
-from stages.distill import DistillConfig, distill, kd_loss, teacher_topk
+from stages.distill import DistillConfig, StudentTopK, _HeadLogSumExp, distill, kd_loss, teacher_topk
 from stages.fake_quant import apply_fake_quant, remove_fake_quant
 from stages.prune import prune_model
 from stages.prune_config import PruneConfig
@@ -32,11 +32,41 @@ def _data(artifact) -> tuple[list[int], list[int]]:
 
 def test_loss_is_zero_when_the_student_is_the_teacher(tiny_artifact) -> None:
     ids = torch.tensor([_data(tiny_artifact)[0][:64]])
-    (cached,) = teacher_topk(tiny_artifact.model, [ids], 16, 1.0)
+    ((t_logp, t_idx),) = teacher_topk(tiny_artifact.model, [ids], 16, 1.0)
     with torch.no_grad():
-        logits = tiny_artifact.model(ids).logits
+        s_topk, s_lse, _ = StudentTopK(tiny_artifact.model, None, full=False, tail=True)(ids, t_idx)
     for loss in ("forward_kl", "reverse_kl", "skew_kl"):
-        assert kd_loss(logits, *cached, CFG.model_copy(update={"loss": loss})).item() < 1e-6
+        cfg = CFG.model_copy(update={"loss": loss})
+        assert kd_loss(s_topk, t_logp, cfg, s_lse).item() < 1e-6
+        assert kd_loss(s_topk, t_logp, cfg).item() < 1e-6
+
+
+def test_sparse_head_equals_the_full_head_at_the_teacher_ids(tiny_artifact) -> None:
+    ids = torch.tensor([_data(tiny_artifact)[0][:64]])
+    idx = torch.randint(0, tiny_artifact.model.config.vocab_size, (1, 64, 16))
+    with torch.no_grad():
+        sparse, sparse_lse, none = StudentTopK(tiny_artifact.model, None, full=False, tail=True)(ids, idx)
+        full, full_lse, logits = StudentTopK(tiny_artifact.model, None, full=True, tail=True)(ids, idx)
+        reference = tiny_artifact.model(ids).logits
+    assert none is None and logits is not None
+    assert torch.allclose(sparse, full, atol=1e-5)
+    assert torch.allclose(full, torch.gather(reference, -1, idx))
+    assert torch.allclose(sparse_lse, reference.logsumexp(-1), atol=1e-5)
+    assert torch.allclose(full_lse, reference.logsumexp(-1), atol=1e-5)
+
+
+def test_tail_bucket_loss_equals_the_full_kl_when_k_is_the_vocabulary(tiny_artifact) -> None:
+    ids = torch.tensor([_data(tiny_artifact)[0][:64]])
+    vocab = tiny_artifact.model.config.vocab_size
+    ((t_logp, t_idx),) = teacher_topk(tiny_artifact.model, [ids], vocab - 1, 1.0)
+    student = copy.deepcopy(tiny_artifact.model)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        s_topk, s_lse, _ = StudentTopK(student, None, full=False, tail=True)(ids, t_idx)
+        t, s = tiny_artifact.model(ids).logits.log_softmax(-1), student(ids).logits.log_softmax(-1)
+    full_kl = (t.exp() * (t - s)).sum(-1).mean()
+    assert torch.allclose(kd_loss(s_topk, t_logp, CFG, s_lse), full_kl, rtol=1e-3)
 
 
 def test_distillation_heals_a_pruned_student(tiny_artifact) -> None:
@@ -88,3 +118,15 @@ def test_qat_student_exports_what_it_trained(tiny_artifact) -> None:
     with torch.no_grad():
         assert torch.equal(exported(ids).logits, trained)
     assert stats.after["mean_kl"] < stats.before["mean_kl"]
+
+
+def test_chunked_head_logsumexp_has_the_autograd_gradient() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(300, 16, dtype=torch.float64)
+    weights = torch.randn(37, dtype=torch.float64)
+    (_HeadLogSumExp.apply(hidden, head, torch.float64, 8) * weights).sum().backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    ((hidden @ head.T).logsumexp(-1) * weights).sum().backward()
+    assert torch.allclose(ours, hidden.grad, atol=1e-10)

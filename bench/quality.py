@@ -1,0 +1,225 @@
+"""Quality at size: every artifact, ours and the peers', scored by one harness on the same tokens.
+
+    python -m bench.quality [--distill-minutes 15] [--rebuild]
+
+Artifacts are built once under bench/results/artifacts/ (``--rebuild`` redoes them). Evaluation text
+the models were not tuned on: license texts the calibration/distillation did not use, and text the
+teacher wrote itself (sampled from built-in prompts). The reference is the float teacher in torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import peers
+from bench.common import HELDOUT_DOCS, LICENSES, RESULTS, TRAIN_DOCS, host, markdown_table, save, token_ids
+
+ART = RESULTS / "artifacts"
+EVAL_TOKENS = 1024
+
+
+def compress_cli(out: Path, *args: str) -> Path:
+    """Run our CLI as a user would; returns the bundle directory."""
+    cmd = [sys.executable, "-m", "compressor.cli", "compress", "smollm2-135m", "--device", "host"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out), "--force", "--quiet", *args], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"compressor compress {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+def train_text_file() -> Path:
+    """The calibration/distillation text as one file (for llama-imatrix, which reads one file)."""
+    path = ART / "calibration.txt"
+    if not path.is_file():
+        ART.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n\n".join((LICENSES / d).read_text() for d in TRAIN_DOCS), encoding="utf-8")
+    return path
+
+
+def teacher_hf_dir(art: Any) -> Path:
+    """The float teacher as a Hugging Face directory, the input every peer converter expects."""
+    path = ART / "teacher-hf"
+    if not (path / "config.json").is_file():
+        art.model.float().save_pretrained(path)
+        art.tokenizer.save_pretrained(path)
+    return path
+
+
+def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], Path]]]:
+    """(row label, family, file inside ART, how to build it)."""
+    calib = [str(LICENSES / d) for d in TRAIN_DOCS]
+    f16 = ART / "llama.cpp-F16.gguf"
+    fp32_onnx = ART / "optimum-fp32" / "model.onnx"
+
+    def convert() -> Path:
+        return peers.convert_hf_to_gguf(teacher_hf_dir(art), f16)
+
+    def optimum_export() -> Path:
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(teacher_hf_dir(art)), str(fp32_onnx.parent), task="text-generation-with-past")
+        return fp32_onnx
+
+    def imatrix_q4km() -> Path:
+        imat = peers.llama_imatrix(f16, train_text_file(), ART / "imatrix.gguf")
+        return peers.llama_quantize_imatrix(f16, imat, ART / "llama.cpp-Q4_K_M-imatrix.gguf")
+
+    def ours(name: str, *args: str) -> Callable[[], Path]:
+        return lambda: compress_cli(ART / name, *args)
+
+    long = ["--distill-minutes", str(minutes), "--distill-tokens", "100000000", "--calib-data", *calib]
+    return [
+        ("llama.cpp F16", "llama.cpp", "llama.cpp-F16.gguf", convert),
+        (
+            "llama.cpp Q8_0",
+            "llama.cpp",
+            "llama.cpp-Q8_0.gguf",
+            lambda: peers.llama_quantize_api(f16, ART / "llama.cpp-Q8_0.gguf", "Q8_0"),
+        ),
+        (
+            "llama.cpp Q4_0",
+            "llama.cpp",
+            "llama.cpp-Q4_0.gguf",
+            lambda: peers.llama_quantize_api(f16, ART / "llama.cpp-Q4_0.gguf", "Q4_0"),
+        ),
+        (
+            "llama.cpp Q4_K_M",
+            "llama.cpp",
+            "llama.cpp-Q4_K_M.gguf",
+            lambda: peers.llama_quantize_api(f16, ART / "llama.cpp-Q4_K_M.gguf", "Q4_K_M"),
+        ),
+        ("llama.cpp Q4_K_M + imatrix", "llama.cpp", "llama.cpp-Q4_K_M-imatrix.gguf", imatrix_q4km),
+        ("onnxruntime fp32 (optimum)", "onnxruntime", "optimum-fp32/model.onnx", optimum_export),
+        (
+            "onnxruntime int4 RTN",
+            "onnxruntime",
+            "ort-int4/model.onnx",
+            lambda: peers.ort_int4(fp32_onnx, ART / "ort-int4" / "model.onnx"),
+        ),
+        (
+            "onnxruntime int8 dynamic",
+            "onnxruntime",
+            "ort-int8/model.onnx",
+            lambda: peers.ort_int8_dynamic(fp32_onnx, ART / "ort-int8" / "model.onnx"),
+        ),
+        ("ours gguf:Q8_0", "ours", "ours-q8_0/model.gguf", ours("ours-q8_0", "--quant", "gguf:Q8_0")),
+        ("ours gguf:Q4_0 RTN", "ours", "ours-q4_0/model.gguf", ours("ours-q4_0", "--quant", "gguf:Q4_0")),
+        (
+            "ours onnx:int4",
+            "ours",
+            "ours-onnx-int4/model.onnx",
+            ours("ours-onnx-int4", "--quant", "onnx:int4"),
+        ),
+        (
+            f"ours gguf:Q4_0 QAT ({minutes:g} min)",
+            "ours",
+            "ours-q4_0-qat/model.gguf",
+            ours("ours-q4_0-qat", "--quant", "gguf:Q4_0", "--qat", *long),
+        ),
+        (
+            f"ours pruned 6h/3kv/1024 + distill ({minutes:g} min), Q4_0",
+            "ours",
+            "ours-pruned-distill/model.gguf",
+            ours(
+                "ours-pruned-distill",
+                "--quant",
+                "gguf:Q4_0",
+                "--prune",
+                "heads=6,kv_heads=3,mlp=1024",
+                "--distill",
+                *long,
+            ),
+        ),
+    ]
+
+
+def eval_sets(art: Any) -> dict[str, list[int]]:
+    from compressor.calibration import token_stream
+
+    teacher_text, _, _ = token_stream(art, [], 4096)
+    return {
+        "licenses": token_ids(art.tokenizer, HELDOUT_DOCS)[:EVAL_TOKENS],
+        "teacher-text": teacher_text[-EVAL_TOKENS:],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--distill-minutes", type=float, default=15.0, help="budget of each distilled row")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact")
+    parser.add_argument("--only", help="comma-separated substrings of row labels to include")
+    args = parser.parse_args()
+    from bench.harness import evaluate, reference_logits
+    from compressor.loading import load_model
+
+    art = load_model("smollm2-135m")
+    sets = eval_sets(art)
+    refs = {name: reference_logits(art.model, ids) for name, ids in sets.items()}
+    results = []
+    for label, family, rel, build in recipes(args.distill_minutes, art):
+        if args.only and not any(s in label for s in args.only.split(",")):
+            continue
+        path = ART / rel
+        build_s = None
+        if args.rebuild or not path.is_file():
+            if args.rebuild and path.parent != ART and path.parent.is_dir():
+                shutil.rmtree(path.parent)
+            print(f"building {label} ...", flush=True)
+            t = time.perf_counter()
+            build()
+            build_s = time.perf_counter() - t
+        row: dict[str, Any] = {"label": label, "family": family, "file": rel, "build_seconds": build_s}
+        for name, ids in sets.items():
+            scores = evaluate(path, refs[name], ids)
+            row["file_mib"] = scores.pop("file_mib")
+            row[name] = scores
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    write(results, args.distill_minutes)
+
+
+def write(results: list[dict[str, Any]], minutes: float) -> None:
+    from bench.plot import pareto_svg
+
+    headers = [
+        "artifact",
+        "MiB",
+        "KL (licenses)",
+        "top-1 (licenses)",
+        "PPL (licenses)",
+        "KL (teacher text)",
+        "top-1 (teacher text)",
+        "PPL (teacher text)",
+    ]
+    rows = [
+        [r["label"], round(r["file_mib"], 1)]
+        + [
+            v
+            for s in ("licenses", "teacher-text")
+            for v in (f"{r[s]['mean_kl']:.4f}", f"{r[s]['top1_agreement']:.3f}", f"{r[s]['perplexity']:.2f}")
+        ]
+        for r in results
+    ]
+    table = markdown_table(headers, rows)
+    print(f"\nSmolLM2-135M, {EVAL_TOKENS} held-out tokens per text, on {host()}\n\n{table}")
+    points = [
+        {"label": r["label"], "family": r["family"], "x": r["file_mib"], "y": r["licenses"]["mean_kl"]}
+        for r in results
+    ]
+    svg = pareto_svg(points, "SmolLM2-135M: size vs mean KL to the float teacher (held-out licenses)")
+    (RESULTS / "pareto.svg").write_text(svg, encoding="utf-8")
+    save("quality", {"host": host(), "distill_minutes": minutes, "rows": results, "table": table})
+
+
+if __name__ == "__main__":
+    main()
