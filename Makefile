@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration lint format clean
+.PHONY: install demo test test-unit test-integration bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -30,6 +30,13 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# Every benchmark table and docs/benchmarks.md (about an hour on 2 cores: two 15-minute distillations,
+# llama.cpp's imatrix/quantize tools built from the pinned sources with cmake). BENCH_ARGS e.g.
+# "--distill-minutes 5" or "--skip distill_loop".
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -50,7 +50,7 @@ def timed(name: str, *cmd: str) -> dict[str, Any]:
 
 
 def ours(name: str, hf: Path, quant: str) -> dict[str, Any]:
-    cli = [sys.executable, "-m", "compressor.cli", "compress", str(hf), "--device", "host"]
+    cli = [sys.executable, "-m", "compressor", "compress", str(hf), "--device", "host"]
     result = timed(name, *cli, "--quant", quant, "--out", "{out}", "--quiet")
     report = json.loads((WORK / name / "report.json").read_text())
     result["stages"] = {s["stage"]: round(s["seconds"], 1) for s in report["stages"]}

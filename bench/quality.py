@@ -28,7 +28,7 @@ EVAL_TOKENS = 1024
 
 def compress_cli(out: Path, *args: str) -> Path:
     """Run our CLI as a user would; returns the bundle directory."""
-    cmd = [sys.executable, "-m", "compressor.cli", "compress", "smollm2-135m", "--device", "host"]
+    cmd = [sys.executable, "-m", "compressor", "compress", "smollm2-135m", "--device", "host"]
     done = subprocess.run(
         [*cmd, "--out", str(out), "--force", "--quiet", *args], capture_output=True, text=True
     )
