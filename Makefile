@@ -31,7 +31,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-# Every benchmark table and docs/benchmarks.md (about an hour on 2 cores: two 15-minute distillations,
+# Every benchmark table and docs/benchmarks.md (about an hour on 2 cores: two 12-minute distillations,
 # llama.cpp's imatrix/quantize tools built from the pinned sources with cmake). BENCH_ARGS e.g.
 # "--distill-minutes 5" or "--skip distill_loop".
 BENCH_ARGS ?=

@@ -1,6 +1,6 @@
 """Run every benchmark and write docs/benchmarks.md (tables + Pareto plot) from their results.
 
-python -m bench [--distill-minutes 15] [--rounds 3] [--skip distill_loop,...] [--report-only]
+python -m bench [--distill-minutes 12] [--rounds 3] [--skip distill_loop,...] [--report-only]
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def write_report() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--distill-minutes", default="15")
+    parser.add_argument("--distill-minutes", default="12")
     parser.add_argument("--rounds", default="3")
     parser.add_argument("--skip", default="", help="comma-separated steps to skip: " + ", ".join(STEPS))
     parser.add_argument("--report-only", action="store_true", help="only rewrite docs/benchmarks.md")

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from bench import peers
 hf, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True)
 peers.convert_hf_to_gguf(hf, out / "f16.gguf")
 peers.llama_quantize_api(out / "f16.gguf", out / "q4_0.gguf", "Q4_0")
 """
@@ -36,6 +37,7 @@ from pathlib import Path
 from optimum.exporters.onnx import main_export
 from bench import peers
 hf, out = Path(sys.argv[1]), Path(sys.argv[2])
+out.mkdir(parents=True)
 main_export(str(hf), str(out / "fp32"), task="text-generation-with-past")
 peers.ort_int4(out / "fp32" / "model.onnx", out / "int4" / "model.onnx")
 """

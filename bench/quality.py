@@ -1,6 +1,6 @@
 """Quality at size: every artifact, ours and the peers', scored by one harness on the same tokens.
 
-    python -m bench.quality [--distill-minutes 15] [--rebuild]
+    python -m bench.quality [--distill-minutes 12] [--rebuild]
 
 Artifacts are built once under bench/results/artifacts/ (``--rebuild`` redoes them). Evaluation text
 the models were not tuned on: license texts the calibration/distillation did not use, and text the
@@ -77,7 +77,8 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
     def ours(name: str, *args: str) -> Callable[[], Path]:
         return lambda: compress_cli(ART / name, *args)
 
-    long = ["--distill-minutes", str(minutes), "--distill-tokens", "100000000", "--calib-data", *calib]
+    long = ["--distill-minutes", str(minutes), "--distill-tokens", "100000000", "--distill-lr", "1e-4"]
+    long += ["--calib-data", *calib]
     return [
         ("llama.cpp F16", "llama.cpp", "llama.cpp-F16.gguf", convert),
         (
@@ -117,7 +118,7 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
         (
             "ours onnx:int4",
             "ours",
-            "ours-onnx-int4/model.onnx",
+            "ours-onnx-int4/onnx/model.onnx",
             ours("ours-onnx-int4", "--quant", "onnx:int4"),
         ),
         (
@@ -155,7 +156,9 @@ def eval_sets(art: Any) -> dict[str, list[int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--distill-minutes", type=float, default=15.0, help="budget of each distilled row")
+    parser.add_argument(
+        "--distill-minutes", type=float, default=12.0, help="budget of each distilled row (default 12)"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact")
     parser.add_argument("--only", help="comma-separated substrings of row labels to include")
     args = parser.parse_args()

@@ -23,7 +23,7 @@ from bench.quality import ART
 ROWS = [
     ("ours gguf:Q4_0 (llama.cpp)", "ours-q4_0/model.gguf"),
     ("ours pruned 6h/3kv/1024 Q4_0 (llama.cpp)", "ours-pruned-distill/model.gguf"),
-    ("ours onnx:int4 (onnxruntime)", "ours-onnx-int4/model.onnx"),
+    ("ours onnx:int4 (onnxruntime)", "ours-onnx-int4/onnx/model.onnx"),
     ("llama.cpp Q4_0", "llama.cpp-Q4_0.gguf"),
     ("llama.cpp Q4_K_M", "llama.cpp-Q4_K_M.gguf"),
     ("llama.cpp Q8_0", "llama.cpp-Q8_0.gguf"),

@@ -146,6 +146,9 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     from compressor.loading import load_model
 
     profile, schemes = resolve_inputs(req)
+    if req.resume and not _checkpoint_path(Path(req.out).resolve()).is_file():
+        ckpt = _checkpoint_path(Path(req.out).resolve())
+        raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
     if not distributed.is_main():  # another torchrun process: it trains alongside rank 0, writes nothing
         return _train_only(req, profile, schemes)
     out = OutputDir(req.out, force=req.force)

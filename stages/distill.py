@@ -272,7 +272,7 @@ def _time_frac(start: float, cfg: DistillConfig) -> float:
 @contextlib.contextmanager
 def _training_attention(model: Any) -> Iterator[None]:
     """Use the eager attention kernel while training (faster backward on CPU), then restore."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     before = getattr(config, "_attn_implementation", None)
     if before in (None, "eager"):
         yield

@@ -145,3 +145,31 @@ def test_report_schema_doc_is_in_sync() -> None:
     assert json.loads(doc.read_text()) == RunReport.model_json_schema(), (
         "run: compressor schema > docs/report.schema.json"
     )
+
+
+def test_qat_through_the_cli_trains_and_ships(
+    tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import LICENSE_TEXT
+
+    out = tmp_path / "qat"
+    args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+    args += ["--qat", "--distill-tokens", "8192", "--distill-lr", "1e-3", "--calib-data", str(LICENSE_TEXT)]
+    assert main(args) == 0
+    report = RunReport.model_validate_json((out / "report.json").read_text())
+    assert [s.stage for s in report.stages][:2] == ["load", "distill"]
+    summary = report.stages[1].summary
+    assert summary["qat_scheme"] == "gguf:Q4_0" and summary["tokens"] == 8192
+    assert summary["heldout_kl_after"] < summary["heldout_kl_before"]
+    assert summary["processes"] == 1 and summary["tokens_per_s"] > 0
+    assert (out / "model.gguf").is_file()
+    assert not list(tmp_path.glob(".*checkpoint*"))  # the checkpoint goes once the run succeeds
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(
+    tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "none"
+    args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+    assert main([*args, "--distill", "--resume"]) == ExitCode.BAD_INPUT
+    assert "no checkpoint" in capsys.readouterr().err and not out.exists()
