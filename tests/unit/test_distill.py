@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from compressor.quant import QuantScheme
-from stages.distill import DistillConfig, StudentTopK, _HeadLogSumExp, distill, kd_loss, teacher_topk
+from stages.distill import DistillConfig, distill
 from stages.fake_quant import apply_fake_quant, remove_fake_quant
+from stages.kd_loss import HeadLogSumExp, StudentTopK, kd_loss, teacher_topk
 from stages.prune import prune_model
 from stages.prune_config import PruneConfig
 from stages.quantize import quantize_model
@@ -125,7 +126,7 @@ def test_chunked_head_logsumexp_has_the_autograd_gradient() -> None:
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     head = torch.randn(300, 16, dtype=torch.float64)
     weights = torch.randn(37, dtype=torch.float64)
-    (_HeadLogSumExp.apply(hidden, head, torch.float64, 8) * weights).sum().backward()
+    (HeadLogSumExp.apply(hidden, head, torch.float64, 8) * weights).sum().backward()
     ours = hidden.grad.clone()
     hidden.grad = None
     ((hidden @ head.T).logsumexp(-1) * weights).sum().backward()
