@@ -146,8 +146,8 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     from compressor.loading import load_model
 
     profile, schemes = resolve_inputs(req)
-    if req.resume and not _checkpoint_path(Path(req.out).resolve()).is_file():
-        ckpt = _checkpoint_path(Path(req.out).resolve())
+    ckpt = _checkpoint_path(Path(req.out).resolve())
+    if req.resume and not ckpt.is_file():  # bad input: fail before anything is written
         raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
     if not distributed.is_main():  # another torchrun process: it trains alongside rank 0, writes nothing
         return _train_only(req, profile, schemes)
@@ -328,9 +328,7 @@ def _run_distill(
 
     req, ckpt = run.req, _checkpoint_path(target)
     resume = None
-    if req.resume:
-        if not ckpt.is_file():
-            raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
+    if req.resume:  # compress() checked that the checkpoint exists
         resume = torch.load(ckpt, weights_only=False)
 
     def save(state: dict[str, Any]) -> None:

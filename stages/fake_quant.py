@@ -99,7 +99,7 @@ class _StraightThrough(torch.autograd.Function):
 class FakeQuant(nn.Module):
     """Parametrization: the forward pass sees the quantized weight, the gradient reaches the float one.
 
-    A weight that is not being trained (frozen embedding, evaluation) is quantized once and reused
+    A weight that is not being trained (e.g. the frozen embedding) is quantized once and reused
     until it changes (its version counter moves on any in-place update)."""
 
     def __init__(self, scheme: QuantScheme, kind: str) -> None:

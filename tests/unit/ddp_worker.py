@@ -5,6 +5,7 @@ the checkpoint callback writes OUT_PREFIX.ckpt.rank<R> to show which processes w
 """
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def main(model_dir: str, prefix: str) -> None:
     with torch.no_grad():
         for p in student.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
-    rank = int(__import__("os").environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", "0"))
     before = {k: v.clone() for k, v in student.state_dict().items()}
 
     def checkpoint(state: dict) -> None:
