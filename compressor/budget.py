@@ -59,6 +59,9 @@ class BudgetCheck(BaseModel):
     where: str
     passed: bool
     artifact: str = ""  # which file the check judges ("" for a projection)
+    # False when the figure comes from a host measurement taken while other processes used the CPU:
+    # a failure then says "re-measure on an idle machine" (exit 7), not "the budget is missed".
+    reliable: bool = True
 
     @property
     def overshoot_ratio(self) -> float:
@@ -239,6 +242,27 @@ def check_budgets(footprint: Footprint, budgets: Budgets, artifact: str = "") ->
             )
         )
     return checks
+
+
+LATENCY_BUDGETS = ("max_decode_ms_per_token", "max_ttft_ms")
+
+
+def mark_unreliable(checks: list[BudgetCheck], why: str) -> list[BudgetCheck]:
+    """The latency checks of ``checks`` marked unreliable (size and RAM do not depend on load)."""
+    return [
+        c.model_copy(update={"reliable": False, "where": f"{c.where}; unreliable: {why}"})
+        if c.budget in LATENCY_BUDGETS
+        else c
+        for c in checks
+    ]
+
+
+def split_failures(checks: list[BudgetCheck]) -> tuple[list[str], list[str]]:
+    """(failures to trust, failures measured on a busy host)."""
+    return (
+        describe_failures([c for c in checks if c.reliable]),
+        describe_failures([c for c in checks if not c.reliable]),
+    )
 
 
 def describe_failures(checks: list[BudgetCheck]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from compressor.errors import InputError
 from compressor.textdata import read_texts, split_heldout, teacher_texts, tokenize_docs
 
 SEQ_LEN = 256
@@ -38,6 +39,17 @@ def _teacher_docs(artifact: Any, n_tokens: int) -> list[str]:
     except OSError:
         pass  # a cache that cannot be written only costs time
     return docs
+
+
+def check_token_counts(artifact: Any, files: list[Path], need_train_tokens: int) -> None:
+    """The user's data renders, tokenizes and is long enough, checked before any output is written."""
+    ids = tokenize_docs(read_texts(files, artifact.tokenizer), artifact.tokenizer)
+    train, _ = split_heldout(ids)
+    if len(train) < need_train_tokens:
+        raise InputError(
+            f"the text data ({', '.join(str(f) for f in files)}) has {len(train)} training tokens after "
+            f"the held-out split; distillation needs at least {need_train_tokens} (one batch): add text"
+        )
 
 
 def token_stream(artifact: Any, files: list[Path], n_tokens: int) -> tuple[list[int], list[int], str]:

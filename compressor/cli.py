@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -21,7 +22,10 @@ EXIT_CODES_HELP = """exit codes:
   0  success, every budget holds        1  a budget was missed (or cannot be met)
   2  usage error                        3  bad input (path, model file, profile)
   4  output not writable                5  exported file failed validation
-  6  optional dependency missing        70 internal error (report it, with --debug)"""
+  6  optional dependency missing        7  host too busy to trust a latency figure (re-run idle)
+  70 internal error (report it, with --debug)
+  130 interrupted (Ctrl-C)              143 terminated (SIGTERM); nothing half-written is left
+  details: docs/errors.md"""
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:
@@ -247,15 +251,9 @@ def _write(path: Path, text: str) -> None:
     if str(path) == "-":
         sys.stdout.write(text)
         return
-    from compressor.errors import OutputError
+    from compressor.outdir import write_atomic
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomic(path, text)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -271,6 +269,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.markdown:
         _write(args.markdown, render_markdown(report))
     _print_checks(report)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if report.exit_code:
         print(f"error: {report.message}", file=sys.stderr)
     else:
@@ -322,9 +322,20 @@ def _quiet_libraries(debug: bool) -> None:
             tl.disable_progress_bar()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (CI time-outs, ``docker stop``, ``kill``): unwinds like Ctrl-C, so every ``finally``
+    and ``except BaseException`` cleanup runs and nothing half-written is left behind."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with contextlib.suppress(ValueError):  # ValueError: not the main thread (embedded use)
+        signal.signal(signal.SIGTERM, _raise_terminated)
     if args.command in ("compress", "check"):
         _quiet_libraries(args.debug)
     start = time.perf_counter()
@@ -335,9 +346,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc.render()}", file=sys.stderr)
         return int(exc.exit_code)
+    except Terminated:
+        print("terminated (SIGTERM): partial output removed", file=sys.stderr)
+        return int(ExitCode.TERMINATED)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("interrupted: partial output removed", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         if args.debug:
             raise

@@ -18,9 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.errors import ProfileError
 
-Positive = Annotated[float, Field(gt=0)]
+# Upper bounds are physical sense, not taste: they catch a typo (1e18 tokens, "inf" GB/s) at load time
+# instead of deep inside a runtime. Each is far beyond any device this tool targets.
 PositiveInt = Annotated[int, Field(gt=0)]
-Ratio = Annotated[float, Field(gt=0, le=1)]
+Ratio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Cores = Annotated[int, Field(gt=0, le=4096)]
+RamMiB = Annotated[int, Field(gt=0, le=64 * 1024 * 1024)]  # 64 TiB
+BandwidthGBps = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]  # HBM3e is ~8,000
+Gflops = Annotated[float, Field(gt=0, le=1e8, allow_inf_nan=False)]  # 100 PFLOP/s
+Tokens = Annotated[int, Field(gt=0, le=10_485_760)]  # 10 Mi tokens
+Milliseconds = Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)]  # an hour
+MiB = Annotated[float, Field(ge=0, le=64 * 1024 * 1024, allow_inf_nan=False)]
 
 
 class Engine(StrEnum):
@@ -35,16 +43,16 @@ class _Strict(BaseModel):
 class PeakCompute(_Strict):
     """Peak arithmetic throughput of the cores the runtime uses, in GFLOP/s (GOP/s for int8)."""
 
-    fp32_gflops: Positive
-    fp16_gflops: Positive | None = None
-    int8_gops: Positive | None = None
+    fp32_gflops: Gflops
+    fp16_gflops: Gflops | None = None
+    int8_gops: Gflops | None = None
 
 
 class Hardware(_Strict):
     cpu: str
-    cores: PositiveInt
-    ram_mib: PositiveInt
-    memory_bandwidth_gbps: Positive  # sustained (or theoretical peak, then see efficiency below)
+    cores: Cores
+    ram_mib: RamMiB
+    memory_bandwidth_gbps: BandwidthGBps  # sustained (or theoretical peak, then see efficiency below)
     bandwidth_efficiency_ratio: Ratio = 0.7  # fraction of memory_bandwidth_gbps decode really reaches
     compute_efficiency_ratio: Ratio = 0.3  # fraction of peak compute prompt processing reaches
     peak: PeakCompute
@@ -52,20 +60,20 @@ class Hardware(_Strict):
 
 class Runtime(_Strict):
     engine: Engine = Engine.LLAMA_CPP
-    threads: PositiveInt
-    context_length: PositiveInt = 2048
-    overhead_mib: Annotated[float, Field(ge=0)] = 64.0  # runtime code, compute buffers, allocator slack
-    per_token_overhead_ms: Annotated[float, Field(ge=0)] = 0.5  # graph launch / sampling per token
+    threads: Cores
+    context_length: Tokens = 2048
+    overhead_mib: MiB = 64.0  # runtime code, compute buffers, allocator slack
+    per_token_overhead_ms: Milliseconds = 0.5  # graph launch / sampling per token
 
 
 class Budgets(_Strict):
     """Limits the deployed model must meet. Leave one out to not check it."""
 
-    max_size_mib: Positive | None = None
-    max_ram_mib: Positive | None = None  # peak RAM at the profile's context: weights + KV + overhead
-    max_decode_ms_per_token: Positive | None = None
-    max_ttft_ms: Positive | None = None
-    ttft_prompt_tokens: PositiveInt = 128
+    max_size_mib: Annotated[MiB, Field(gt=0)] | None = None
+    max_ram_mib: Annotated[MiB, Field(gt=0)] | None = None  # peak RAM at the context: weights+KV+overhead
+    max_decode_ms_per_token: Annotated[Milliseconds, Field(gt=0)] | None = None
+    max_ttft_ms: Annotated[Milliseconds, Field(gt=0)] | None = None
+    ttft_prompt_tokens: Tokens = 128
 
 
 class DeviceProfile(_Strict):
@@ -75,6 +83,32 @@ class DeviceProfile(_Strict):
     runtime: Runtime
     budgets: Budgets
     source_path: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> DeviceProfile:
+        problems = []
+        if self.budgets.ttft_prompt_tokens > self.runtime.context_length:
+            problems.append(
+                f"budgets.ttft_prompt_tokens ({self.budgets.ttft_prompt_tokens}) exceeds "
+                f"runtime.context_length ({self.runtime.context_length})"
+            )
+        if self.runtime.overhead_mib >= self.hardware.ram_mib:
+            problems.append(
+                f"runtime.overhead_mib ({self.runtime.overhead_mib:g}) is not below "
+                f"hardware.ram_mib ({self.hardware.ram_mib})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def check_context(self, model_max_context: int | None, model: str) -> None:
+        """The profile's context must fit the model's (known only once the model is loaded)."""
+        ctx = self.runtime.context_length
+        if model_max_context and ctx > model_max_context:
+            raise ProfileError(
+                f"device profile {self.source_path or self.name}: runtime.context_length {ctx} exceeds "
+                f"what {model} supports ({model_max_context} tokens); lower it to at most {model_max_context}"
+            )
 
     def with_budgets(self, **overrides: float | None) -> DeviceProfile:
         """A copy whose budgets are replaced by the given non-None values (validated)."""
@@ -121,13 +155,32 @@ def parse_profile(text: str, origin: str) -> DeviceProfile:
         ) from None
 
 
+def _read_text(path: Path) -> str:
+    """A profile file's text, or a ProfileError saying exactly why it cannot be read."""
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise ProfileError(f"device profile {path} is a directory; give a .toml file") from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not path.is_symlink():
+            raise ProfileError(f"device profile file {path} does not exist") from None
+        if path.is_symlink():
+            raise ProfileError(f"device profile {path} is a broken symlink or a symlink loop") from None
+        raise ProfileError(f"device profile file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"device profile {path} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8, "
+            "so save it as UTF-8"
+        ) from None
+
+
 def load_profile(name_or_path: str) -> DeviceProfile:
     """Load a shipped profile by name (``raspberry-pi-5``) or any profile by path (``my.toml``)."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or path.is_file():
-        if not path.is_file():
-            raise ProfileError(f"device profile file {path} does not exist")
-        return parse_profile(path.read_text(encoding="utf-8"), str(path))
+        return parse_profile(_read_text(path), str(path))
     shipped = _shipped()
     if name_or_path not in shipped:
         raise ProfileError(

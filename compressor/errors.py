@@ -15,6 +15,10 @@ Exit codes (also in README.md):
 4     the output location cannot be written
 5     an exported file failed validation in its runtime
 6     an optional dependency is missing (the message names the extra)
+7     a latency budget looked missed, but the host was busy while measuring
+      (other processes used the CPU): re-run on an idle machine
+130   interrupted (Ctrl-C); 143: terminated (SIGTERM). Nothing half-written
+      is left: the output and its scratch directories are removed
 70    internal error (a bug: please report it with ``--debug`` output)
 ====  =====================================================================
 """
@@ -32,6 +36,9 @@ class ExitCode(IntEnum):
     OUTPUT_NOT_WRITABLE = 4
     VALIDATION_FAILED = 5
     MISSING_DEPENDENCY = 6
+    MEASUREMENT_UNRELIABLE = 7
+    INTERRUPTED = 130
+    TERMINATED = 143
     INTERNAL = 70
 
 

@@ -20,6 +20,20 @@ def _numel(dims: Any) -> int:
     return n
 
 
+def external_data_locations(model: Any) -> set[str]:
+    """The ``location`` of every initializer stored outside the .onnx file."""
+    out = set()
+    for t in model.graph.initializer:
+        if t.data_location == 1:  # TensorProto.EXTERNAL
+            out |= {e.value for e in t.external_data if e.key == "location"}
+    return out
+
+
+def _plain_relative(location: str) -> bool:
+    parts = location.replace("\\", "/").split("/")
+    return bool(location) and not location.startswith("/") and ":" not in location and ".." not in parts
+
+
 def onnx_summary(path: Path) -> tuple[ModelCost, dict[str, Any]]:
     """(ModelCost of the ONNX file, a summary of its quantized operators). Needs config.json beside it."""
     onnx = require("onnx", "onnx")
@@ -36,6 +50,12 @@ def onnx_summary(path: Path) -> tuple[ModelCost, dict[str, Any]]:
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{cfg_path} is missing or incomplete ({exc}); re-export the model") from None
     inits = {t.name: t for t in model.graph.initializer}
+    bad = [loc for loc in external_data_locations(model) if not _plain_relative(loc)]
+    if bad:
+        raise ModelLoadError(
+            f"{path} points its weights outside its folder ({', '.join(sorted(bad)[:3])}); "
+            "refusing to read them: re-export the model"
+        )
     stored = sum(_numel(t.dims) * _BYTES.get(t.data_type, 4) for t in inits.values())
     ops = Counter(n.op_type for n in model.graph.node)
     matmul = 0

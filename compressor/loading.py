@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,15 @@ def resolve_source(spec: str) -> ModelSource:
     if spec in BUILTIN_MODELS:
         return ModelSource(kind=SourceKind.BUILTIN, path=str(builtin_path(spec)), name=spec)
     path = Path(spec)
-    if not path.exists():
-        raise InputError(
+    try:
+        path.stat()
+    except OSError as exc:
+        if path.is_symlink():
+            raise InputError(
+                f"model '{spec}' is a broken symlink or a symlink loop ({exc.strerror}); "
+                "point at the real file or directory"
+            ) from None
+        raise InputError(  # noqa: B904 (the OSError says nothing more)
             f"model '{spec}' not found: it is neither an existing path nor a built-in model "
             f"(built-in: {', '.join(BUILTIN_MODELS)})"
         )
@@ -68,6 +76,7 @@ def resolve_source(spec: str) -> ModelSource:
             f"{path} has no config.json, so it is not a Hugging Face model directory "
             f"(it holds: {', '.join(present) or 'nothing'})"
         )
+    _config_model_type(path / "config.json")
     if not any(path.glob("*.safetensors")):
         pickled = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
         hint = f"it only has pickled weights ({', '.join(pickled)}); {_CONVERT}" if pickled else ""
@@ -93,6 +102,9 @@ def read_gguf_fields(path: Path) -> tuple[dict[str, Any], Any]:
     """Open a GGUF with the gguf package; corrupt or truncated files become ModelLoadError."""
     import gguf
 
+    from compressor.gguf_header import check_gguf_structure
+
+    check_gguf_structure(path)  # truncated / corrupt files get a precise message first
     try:
         reader = gguf.GGUFReader(path)
         fields = {k: f.contents() for k, f in reader.fields.items()}
@@ -111,6 +123,20 @@ def load_model(spec: str, trust_remote_code: bool = False) -> ModelArtifact:
     if source.kind is SourceKind.HF_DIR:
         return _load_hf_dir(source, trust_remote_code)
     return _load_gguf(source)
+
+
+def _config_model_type(config: Path) -> str:
+    """``model_type`` from config.json, read as plain JSON before transformers sees it (transformers
+    answers an unknown type with "upgrade transformers", which is not the problem here)."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"{config} is not valid JSON ({exc}); fix or replace it") from None
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f"{config} has no 'model_type' string, so the architecture is unknown")
+    _check_model_type(model_type, str(config))
+    return model_type
 
 
 def _check_model_type(model_type: str, where: str) -> None:

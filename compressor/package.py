@@ -5,14 +5,46 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.artifact import ModelArtifact
 from compressor.device_profile import DeviceProfile
 from compressor.loading import sha256_file
+from compressor.outdir import OWNER_FILE
 from compressor.report import RunReport
 
 MANIFEST_VERSION = 1
+MANIFEST = "manifest.json"
+REPORTS = ("report.json", "report.md")  # written beside the manifest, not listed in it
+
+
+class ManifestFile(BaseModel):
+    """One file of a bundle: a POSIX path relative to the bundle root, its size and its hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    role: Literal["model", "tokenizer", "config"]
+    bytes: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ManifestFiles(BaseModel):
+    """The part of manifest.json that ``check`` trusts; the rest is information for people and apps."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    manifest_version: Literal[1]
+    created_by: Annotated[str, Field(pattern=r"^compressor ")]
+    files: Annotated[list[ManifestFile], Field(min_length=1)]
+
+
+def _role(rel: Path) -> Literal["model", "tokenizer", "config"]:
+    if rel.parts[0] == "tokenizer":
+        return "tokenizer"
+    if rel.suffix in (".gguf", ".onnx", ".ort", ".data"):  # .onnx.data: external weights
+        return "model"
+    return "config"
 
 
 def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile: DeviceProfile) -> Path:
@@ -20,16 +52,14 @@ def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile
     artifact.tokenizer.save_pretrained(root / "tokenizer")
     files: list[dict[str, Any]] = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name not in ("manifest.json", "report.json", "report.md"):
-            role = "model" if p.suffix in (".gguf", ".onnx", ".ort") else "tokenizer"
-            files.append(
-                {
-                    "path": p.relative_to(root).as_posix(),
-                    "role": role,
-                    "bytes": p.stat().st_size,
-                    "sha256": sha256_file(p),
-                }
+        if p.is_file() and p.name not in (MANIFEST, *REPORTS, OWNER_FILE):
+            entry = ManifestFile(
+                path=p.relative_to(root).as_posix(),
+                role=_role(p.relative_to(root)),
+                bytes=p.stat().st_size,
+                sha256=sha256_file(p),
             )
+            files.append(entry.model_dump())
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "created_by": f"compressor {report.tool_version}",
@@ -47,6 +77,6 @@ def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile
         "checks": [c.model_dump(mode="json") for c in report.checks],
         "outcome": report.outcome.value,
     }
-    path = root / "manifest.json"
+    path = root / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

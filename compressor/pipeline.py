@@ -33,7 +33,7 @@ from compressor.device_profile import DeviceProfile, load_profile
 from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode, InputError
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
-from compressor.quant import ExportFormat, QuantScheme
+from compressor.quant import ExportFormat, QuantScheme, supported_schemes
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 from stages import prune_auto
@@ -122,23 +122,41 @@ def resolve_schemes(req: CompressRequest) -> list[QuantScheme]:
             for f in formats
             if f not in have
         ]
-    if not schemes:
-        schemes = [QuantScheme.parse(DEFAULT_SCHEMES[ExportFormat.GGUF])]
+    if not schemes:  # --embedding-type applies to the default scheme too
+        schemes = [QuantScheme.parse(DEFAULT_SCHEMES[ExportFormat.GGUF], req.embedding_type)]
     if len({s.format for s in schemes}) != len(schemes):
         raise ConfigError("give at most one scheme per format (e.g. --quant gguf:Q4_0,onnx:int4)")
     return schemes
 
 
 def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantScheme]]:
+    """Everything that can be checked without the model, before anything is loaded or written."""
+    from compressor.textdata import check_text_files
+    from stages.distill import DistillConfig
+
     profile = load_profile(req.device).with_budgets(**req.budget_overrides())
-    missing = [f"{p}: no such file" for p in req.calib_data if not p.is_file()]
-    if missing:
-        raise InputError("calibration data not found", missing)
-    if req.prune and req.prune.strip() != "auto":
-        PruneConfig.parse(req.prune, req.prune_importance)  # syntax and ranges, before loading
+    check_text_files(req.calib_data)
+    if req.prune is not None and req.prune.strip() != "auto":
+        PruneConfig.parse(req.prune, req.prune_importance, require=True)  # syntax and ranges
     else:
         PruneConfig.parse("", req.prune_importance)
-    return profile, resolve_schemes(req)
+    schemes = resolve_schemes(req)
+    if req.qat and not schemes[0].trainable:
+        trainable = [s for s in supported_schemes() if QuantScheme.parse(s).trainable]
+        raise ConfigError(
+            f"--qat trains through an exact fake quantizer, which {schemes[0].name} has none of "
+            f"(llama.cpp quantizes it itself); use one of: {', '.join(trainable)}"
+        )
+    if req.resume and not (req.distill or req.qat):
+        raise ConfigError("--resume continues a distillation; add --distill or --qat")
+    cfg = DistillConfig()
+    batch_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    if (req.distill or req.qat) and req.distill_tokens < batch_tokens:
+        raise ConfigError(
+            f"--distill-tokens {req.distill_tokens} is less than one training batch "
+            f"({cfg.batch_size} x {cfg.seq_len} = {batch_tokens} tokens); give at least {batch_tokens}"
+        )
+    return profile, schemes
 
 
 def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
@@ -146,12 +164,10 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     from compressor.loading import load_model
 
     profile, schemes = resolve_inputs(req)
-    ckpt = _checkpoint_path(Path(req.out).resolve())
-    if req.resume and not ckpt.is_file():  # bad input: fail before anything is written
-        raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
+    resume = _load_resume(req)  # a missing, damaged or foreign checkpoint fails before any write
     if not distributed.is_main():  # another torchrun process: it trains alongside rank 0, writes nothing
         return _train_only(req, profile, schemes)
-    out = OutputDir(req.out, force=req.force)
+    out = OutputDir(req.out, force=req.force, inputs=_input_paths(req))
     staging = out.prepare()
     run = Run(req, profile, schemes)
     try:
@@ -162,10 +178,18 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
                 stage="load", seconds=time.perf_counter() - start, summary=artifact.facts.model_dump()
             )
         run.stages.append(load)
-        if req.prune and req.prune.strip() != "auto":  # a bad request fails before any work
+        if req.prune is not None and req.prune.strip() != "auto":  # a bad request fails before any work
             resolve(
                 PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
             )
+        profile.check_context(artifact.facts.max_context, req.model)
+        if req.calib_data and (req.prune is not None or req.distill or req.qat):
+            from compressor.calibration import check_token_counts
+            from stages.distill import DistillConfig
+
+            cfg = DistillConfig()
+            need = cfg.batch_size * cfg.seq_len if (req.distill or req.qat) else 1
+            check_token_counts(artifact, list(req.calib_data), need)
     except BaseException:
         out.abandon()  # bad input: nothing written
         raise
@@ -179,7 +203,7 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         if prune is not None:
             artifact = _run_prune(run, artifact, prune, progress)
         if req.distill or req.qat:
-            artifact = _run_distill(run, artifact, teacher, out.target, progress)
+            artifact = _run_distill(run, artifact, teacher, out.target, progress, resume)
         for scheme in schemes:
             _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
     except CompressorError as exc:
@@ -201,6 +225,16 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     return report
 
 
+def _input_paths(req: CompressRequest) -> tuple[Path, ...]:
+    """Every path the run reads: the output must never hold, equal or sit inside one of them."""
+    from compressor.loading import resolve_source
+
+    paths = [Path(resolve_source(req.model).path), *req.calib_data]
+    if Path(req.device).is_file():
+        paths.append(Path(req.device))
+    return tuple(paths)
+
+
 def _train_only(req: CompressRequest, profile: DeviceProfile, schemes: list[QuantScheme]) -> RunReport:
     """A torchrun process of rank > 0: load, prune and distill in step with rank 0; no files."""
     from compressor.loading import load_model
@@ -212,15 +246,17 @@ def _train_only(req: CompressRequest, profile: DeviceProfile, schemes: list[Quan
     if prune is not None:
         artifact = _run_prune(run, artifact, prune, _quiet)
     if req.distill or req.qat:
-        _run_distill(run, artifact, teacher, req.out, _quiet)
+        _run_distill(run, artifact, teacher, Path(req.out).resolve(), _quiet, _load_resume(req))
     return run.report(Outcome.PASS, ExitCode.OK, f"rank {distributed.rank()}: trained; rank 0 writes")
 
 
 def _finish(report: RunReport, run: Run) -> None:
-    failed = describe_failures(run.final_checks)
-    if failed:
-        report.outcome, report.exit_code = Outcome.BUDGET_MISSED, int(ExitCode.BUDGET_MISSED)
-        report.message = "the measured artifact misses budgets:\n" + "\n".join(f"  - {f}" for f in failed)
+    from compressor.check import verdict
+
+    outcome, code, message = verdict(run.final_checks)
+    if code is not ExitCode.OK:
+        report.outcome, report.exit_code = outcome, int(code)
+        report.message = "the measured artifact: " + (message or "")
 
 
 def _run_target(
@@ -276,7 +312,7 @@ def _plan_pruning(
     req: CompressRequest, artifact: ModelArtifact, profile: DeviceProfile, schemes: list[QuantScheme]
 ) -> tuple[PruneConfig, dict[str, Any]] | None:
     """The pruning to do (resolved against the model so a bad request fails now), or None."""
-    if not req.prune:
+    if req.prune is None:
         return None
     row = _row_multiple(schemes)
     if req.prune.strip() == "auto":
@@ -311,30 +347,57 @@ def _run_prune(
     return result.artifact
 
 
-def _checkpoint_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.distill-checkpoint.pt")
+def checkpoint_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.distill-checkpoint.safetensors")
+
+
+def _fingerprint(req: CompressRequest) -> dict[str, Any]:
+    """What must be equal for a checkpoint to continue this run (the time budget may change)."""
+    return {
+        "model": req.model,
+        "prune": req.prune,
+        "prune_importance": req.prune_importance,
+        "quant": req.quant,
+        "formats": req.formats,
+        "embedding_type": req.embedding_type,
+        "qat": req.qat,
+        "distill_tokens": req.distill_tokens,
+        "distill_loss": req.distill_loss,
+        "distill_lr": req.distill_lr,
+        "calib_data": [str(p) for p in req.calib_data],
+        "calib_tokens": req.calib_tokens,
+    }
+
+
+def _load_resume(req: CompressRequest) -> dict[str, Any] | None:
+    if not req.resume:
+        return None
+    from compressor.checkpoint import load_checkpoint
+
+    ckpt = checkpoint_path(Path(req.out).resolve())
+    if not ckpt.is_file():
+        raise InputError(f"--resume: no checkpoint at {ckpt}; run without --resume")
+    return load_checkpoint(ckpt, _fingerprint(req))
 
 
 def _run_distill(
-    run: Run, artifact: ModelArtifact, teacher: Any, target: Path, progress: Progress
+    run: Run,
+    artifact: ModelArtifact,
+    teacher: Any,
+    target: Path,
+    progress: Progress,
+    resume: dict[str, Any] | None,
 ) -> ModelArtifact:
-    import os
-
-    import torch
-
     from compressor.calibration import token_stream
+    from compressor.checkpoint import save_checkpoint
     from stages.distill import DistillConfig
     from stages.distill_stage import DistillStage
 
-    req, ckpt = run.req, _checkpoint_path(target)
-    resume = None
-    if req.resume:  # compress() checked that the checkpoint exists
-        resume = torch.load(ckpt, weights_only=False)
+    req, ckpt = run.req, checkpoint_path(target)
+    fingerprint = _fingerprint(req)
 
     def save(state: dict[str, Any]) -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, ckpt)  # atomic: a kill never leaves half a checkpoint
+        save_checkpoint(ckpt, state, fingerprint)  # atomic: a kill never leaves half a checkpoint
 
     last_kl: list[float] = []
 

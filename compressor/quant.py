@@ -139,6 +139,11 @@ class QuantScheme(BaseModel):
         return cls(format=ExportFormat.GGUF, weight_type=kind, embedding_type=embedding_type)
 
     @property
+    def trainable(self) -> bool:
+        """Whether QAT can train through this scheme: every type it writes has an exact fake quantizer."""
+        return not self.delegated_to_llama_cpp
+
+    @property
     def delegated_to_llama_cpp(self) -> bool:
         return self.format is ExportFormat.GGUF and self.weight_type in LLAMA_FTYPES
 

@@ -27,6 +27,7 @@ class StageStatus(StrEnum):
 class Outcome(StrEnum):
     PASS = "pass"  # every budget holds on the final, measured artifact
     BUDGET_MISSED = "budget-missed"
+    UNRELIABLE = "unreliable"  # a latency budget looked missed, but measured on a busy host
     ERROR = "error"
 
 
@@ -58,6 +59,7 @@ class RunReport(BaseModel):
     measured: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> host measurements
     checks: list[BudgetCheck] = Field(default_factory=list)  # the final verdict's checks
     artifacts: dict[str, str] = Field(default_factory=dict)  # file in the output dir -> its scheme
+    warnings: list[str] = Field(default_factory=list)  # e.g. files in a bundle its manifest lacks
 
 
 def _fmt(v: float) -> str:
@@ -65,7 +67,12 @@ def _fmt(v: float) -> str:
 
 
 def render_markdown(r: RunReport) -> str:
-    verdict = {"pass": "PASS", "budget-missed": "BUDGET MISSED", "error": "ERROR"}[r.outcome.value]
+    verdict = {
+        "pass": "PASS",
+        "budget-missed": "BUDGET MISSED",
+        "unreliable": "UNRELIABLE MEASUREMENT (host busy)",
+        "error": "ERROR",
+    }[r.outcome.value]
     lines = [
         f"# compressor {r.command}: {verdict}",
         "",
@@ -73,6 +80,8 @@ def render_markdown(r: RunReport) -> str:
         f"- exit code: {r.exit_code}" + (f"  \n- {r.message}" if r.message else ""),
         "",
     ]
+    if r.warnings:
+        lines += ["## Warnings", "", *(f"- {w}" for w in r.warnings), ""]
     if r.checks:
         lines += [
             "## Budgets",
@@ -81,7 +90,7 @@ def render_markdown(r: RunReport) -> str:
             "|---|---|---:|---:|:-:|---|---|",
         ]
         for c in r.checks:
-            mark = "ok" if c.passed else "**MISSED**"
+            mark = "ok" if c.passed else ("**MISSED**" if c.reliable else "missed? (busy host)")
             lines.append(
                 f"| {c.artifact or '(projected)'} | {c.budget} | {_fmt(c.limit)} {c.unit} "
                 f"| {_fmt(c.value)} {c.unit} | {mark} | {c.provenance.value} | {c.where} |"
@@ -140,7 +149,8 @@ def render_junit(r: RunReport) -> str:
                 f"{c.budget}: {c.value:.2f} {c.unit} > limit {c.limit:g} {c.unit} "
                 f"({c.provenance.value}, {c.where})"
             )
-            body = f"<failure message={quoteattr(msg)}>{escape(msg)}</failure>"
+            tag = "failure" if c.reliable else "error"  # a busy host is the runner's problem
+            body = f"<{tag} message={quoteattr(msg)}>{escape(msg)}</{tag}>"
         name = f'classname="budgets.{escape(r.device)}" name="{escape(c.artifact)}:{escape(c.budget)}"'
         cases.append(f"    <testcase {name}>{body}</testcase>")
     if r.outcome is Outcome.ERROR:
@@ -149,8 +159,8 @@ def render_junit(r: RunReport) -> str:
             f'    <testcase classname="budgets.{escape(r.device)}" name="run">'
             f"<error message={quoteattr(msg)}>{escape(msg)}</error></testcase>"
         )
-    failures = sum(not c.passed for c in r.checks)
-    errors = int(r.outcome is Outcome.ERROR)
+    failures = sum(not c.passed and c.reliable for c in r.checks)
+    errors = int(r.outcome is Outcome.ERROR) + sum(not c.passed and not c.reliable for c in r.checks)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
         f'<testsuite name="compressor {escape(r.command)}" tests="{len(cases)}" failures="{failures}" '

@@ -33,30 +33,101 @@ PROMPTS = [
 ]
 
 
-def read_texts(paths: Sequence[Path], tokenizer: Any) -> list[str]:
-    """Documents from the user's files; every problem (missing file, bad JSON line) reported at once."""
-    docs, problems = [], []
-    for path in paths:
-        if not path.is_file():
-            problems.append(f"{path}: no such file")
+Doc = str | list[Any]  # plain text, or chat messages to render with the model's chat template
+
+
+def _path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data file, or None."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if path.is_symlink():
+            return f"{path}: a broken symlink or a symlink loop ({exc.strerror})"
+        return f"{path}: no such file"
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.is_file())[:8]
+        listed = f" (it holds: {', '.join(inside)})" if inside else " (it holds no files)"
+        return f"{path}: is a directory; pass the text files in it{listed}"
+    if not path.is_file():
+        return f"{path}: not a regular file"
+    return None
+
+
+def _file_docs(path: Path, problems: list[str]) -> list[Doc]:
+    """The documents of one file; every problem is appended to ``problems``."""
+    if (bad := _path_problem(path)) is not None:
+        problems.append(bad)
+        return []
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        problems.append(f"{path}: binary data (NUL bytes); give UTF-8 text, .txt or .jsonl")
+        return []
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8")
+        return []
+    if not text.strip():
+        problems.append(f"{path}: empty; give a file with text in it")
+        return []
+    if path.suffix != ".jsonl":  # .txt or any other file: plain text as is
+        return [text]
+    docs: list[Doc] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
-        if path.suffix != ".jsonl":  # .txt or any other file: plain UTF-8 text
-            docs.append(path.read_text(encoding="utf-8", errors="replace"))
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"{path}:{i}: not JSON ({exc})")
             continue
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if "messages" in row:
-                    docs.append(tokenizer.apply_chat_template(row["messages"], tokenize=False))
-                else:
-                    docs.append(str(row["text"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                problems.append(f"{path}:{i}: expected {{'text': ...}} or {{'messages': [...]}} ({exc})")
-    if problems:
-        raise InputError("could not read the text data", problems)
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        ):
+            docs.append(messages)
+        elif isinstance(row, dict) and isinstance(row.get("text"), str) and row["text"].strip():
+            docs.append(row["text"])
+        else:
+            problems.append(
+                f'{path}:{i}: expected {{"text": "..."}} or '
+                f'{{"messages": [{{"role": "...", "content": "..."}}, ...]}}'
+            )
+    if not docs and not any(p.startswith(f"{path}:") for p in problems):
+        problems.append(f"{path}: no text lines")
     return docs
+
+
+def check_text_files(paths: Sequence[Path]) -> list[Doc]:
+    """Read and validate every data file before any work (no tokenizer needed); all problems at once."""
+    docs: list[Doc] = []
+    problems: list[str] = []
+    for path in paths:
+        docs += _file_docs(path, problems)
+    if problems:
+        raise InputError("could not read the text data", problems[:20])
+    return docs
+
+
+def read_texts(paths: Sequence[Path], tokenizer: Any) -> list[str]:
+    """Documents from the user's files, chat rows rendered with the model's chat template."""
+    out, problems = [], []
+    for doc in check_text_files(paths):
+        if isinstance(doc, str):
+            out.append(doc)
+            continue
+        try:
+            out.append(tokenizer.apply_chat_template(doc, tokenize=False))
+        except Exception as exc:  # jinja raises its own TemplateError types (e.g. raise_exception)
+            problems.append(f"a 'messages' row does not fit the model's chat template: {exc}")
+    if problems:
+        raise InputError("could not read the text data", sorted(set(problems))[:20])
+    return out
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from compressor.budget import (
     Provenance,
     calibrate,
     check_budgets,
+    mark_unreliable,
     project_footprint,
 )
 from compressor.device_profile import DeviceProfile, load_profile
@@ -32,9 +33,14 @@ HOST_PROFILE = "host"
 GEN_TOKENS = 32
 
 
-def _host_threads() -> tuple[DeviceProfile, int]:
+def _host_threads() -> tuple[DeviceProfile, int, int, float]:
+    """(host profile, threads it asks for, threads to use now, others' CPU load in cores)."""
+    from exporters.hostload import free_threads
+
     host = load_profile(HOST_PROFILE)
-    return host, min(host.runtime.threads, os.cpu_count() or 1)
+    wanted = min(host.runtime.threads, os.cpu_count() or 1)
+    threads, load = free_threads(wanted)
+    return host, wanted, threads, load
 
 
 def _measure_gguf(
@@ -96,12 +102,22 @@ def measure_artifact(
 ) -> tuple[StageReport, list[BudgetCheck]]:
     """Measure ``path`` (.gguf or .onnx/.ort) in its runtime and check it against ``profile``."""
     start = time.perf_counter()
-    host, threads = _host_threads()
+    host, wanted, threads, load = _host_threads()
     measure = _measure_gguf if path.suffix == ".gguf" else _measure_onnx
     cost, summary, m, ram = measure(path, profile, threads, repeats)
     cal = calibrate(cost, host, m["decode_ms_per_token"], m["ttft_ms"])
     footprint = project_footprint(cost, profile, cal, measured_size=True, ram=ram)
     checks = check_budgets(footprint, profile.budgets, artifact=label)
+    busy = []
+    if threads < wanted:
+        busy.append(f"other processes used {load:.1f} cores, so {threads} of {wanted} threads ran")
+    if not m["reliable"]:
+        busy.append(
+            f"{m['repeats_discarded']} repeats ran while others used up to "
+            f"{m['foreign_load_cores']:.1f} cores"
+        )
+    if busy:
+        checks = mark_unreliable(checks, "; ".join(busy))
     measured: dict[str, Any] = {
         "file": label,
         "file_bytes": int(cost.stored_bytes),
@@ -112,6 +128,12 @@ def measure_artifact(
         "host_runtime_rss_mib": round(m["runtime_rss_mib"], 1),
         "host_load_ms": round(m["load_ms"], 1),
         "host_threads": threads,
+        "host_ttft_ms_range": [round(m["ttft_ms_min"], 2), round(m["ttft_ms_max"], 2)],
+        "host_decode_ms_p10_p90": [round(m["decode_ms_p10"], 3), round(m["decode_ms_p90"], 3)],
+        "host_repeats_used": m["repeats_used"],
+        "host_repeats_discarded": m["repeats_discarded"],
+        "host_foreign_load_cores": m["foreign_load_cores"],
+        "host_measurement_reliable": not busy,
         "prompt_tokens": m["prompt_tokens"],
         "runtime": m["runtime"],
         **summary,

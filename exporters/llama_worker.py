@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from exporters.hostload import timed_repeats
 
 
 def _rss_mib() -> float:
@@ -31,20 +32,13 @@ def _rss_mib() -> float:
 
 
 def timing_summary(
-    req: dict[str, Any],
-    load_ms: float,
-    ttft: list[float],
-    decode: list[float],
-    rss_before: float,
-    default_ctx: int,
+    req: dict[str, Any], load_ms: float, timed: dict[str, Any], rss_before: float, default_ctx: int
 ) -> dict[str, Any]:
-    """The answer of a measure request: medians, p90, peak RSS (shared by the runtime workers)."""
+    """The answer of a measure request: ``timed`` (hostload.timed_repeats) plus peak RSS and settings."""
     peak = _rss_mib()
     return {
+        **timed,
         "load_ms": load_ms,
-        "ttft_ms": statistics.median(ttft),
-        "decode_ms_per_token": statistics.median(decode),
-        "decode_ms_p90": float(np.percentile(decode, 90)),
         "peak_rss_mib": peak,
         "interpreter_rss_mib": rss_before,
         "runtime_rss_mib": peak - rss_before,
@@ -56,8 +50,31 @@ def timing_summary(
     }
 
 
+def _no_extra_buffers() -> None:
+    """Load weights into plain CPU buffers, not the AMX/repack "extra" buffer types.
+
+    On CPUs with AMX (Sapphire Rapids and later) llama.cpp's AMX buffer type crashed (SIGSEGV) on
+    quantized tiny models here. The plain buffers run the ordinary ggml kernels on every CPU.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    if getattr(lib.llama_model_default_params, "_compressor", False):
+        return
+    default = lib.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params._compressor = True  # type: ignore[attr-defined]
+    lib.llama_model_default_params = params
+
+
 def _open(req: dict[str, Any], logits_all: bool) -> Any:
     import llama_cpp
+
+    _no_extra_buffers()
 
     return llama_cpp.Llama(
         model_path=req["model"],
@@ -108,17 +125,21 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
     n_vocab = llm.n_vocab()
     prompt = rng.integers(100, n_vocab, size=req["prompt_tokens"]).tolist()
     gen = rng.integers(100, n_vocab, size=req["gen_tokens"]).tolist()
-    ttft, decode = [], []
-    for _ in range(req.get("repeats", 3)):
+
+    def once() -> tuple[float, list[float]]:
         llm.reset()
         t = time.perf_counter()
         llm.eval(prompt)
-        ttft.append((time.perf_counter() - t) * 1e3)
+        ttft = (time.perf_counter() - t) * 1e3
+        decode = []
         for tok in gen:
             t = time.perf_counter()
             llm.eval([tok])
             decode.append((time.perf_counter() - t) * 1e3)
-    return timing_summary(req, load_ms, ttft, decode, rss_before, default_ctx=512)
+        return ttft, decode
+
+    timed = timed_repeats(once, req.get("repeats", 3))
+    return timing_summary(req, load_ms, timed, rss_before, default_ctx=512)
 
 
 def _quantize(req: dict[str, Any]) -> dict[str, Any]:

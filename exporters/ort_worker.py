@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.hostload import timed_repeats
 from exporters.llama_worker import _rss_mib, timing_summary
 
 
@@ -82,18 +83,21 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
     vocab = int(req.get("vocab_size", 256))
     prompt = rng.integers(0, vocab, size=req["prompt_tokens"]).tolist()
     gen = rng.integers(0, vocab, size=req["gen_tokens"]).tolist()
-    ttft, decode = [], []
-    for _ in range(req.get("repeats", 3)):
+
+    def once() -> tuple[float, list[float]]:
         t = time.perf_counter()
         _, past = dec.run(prompt, None, 0)
-        ttft.append((time.perf_counter() - t) * 1e3)
-        pos = len(prompt)
+        ttft = (time.perf_counter() - t) * 1e3
+        pos, decode = len(prompt), []
         for tok in gen:
             t = time.perf_counter()
             _, past = dec.run([tok], past, pos)
             decode.append((time.perf_counter() - t) * 1e3)
             pos += 1
-    return timing_summary(req, load_ms, ttft, decode, rss_before, default_ctx=0)
+        return ttft, decode
+
+    timed = timed_repeats(once, req.get("repeats", 3))
+    return timing_summary(req, load_ms, timed, rss_before, default_ctx=0)
 
 
 OPS = {"measure": _measure, "logits": _logits, "greedy": _greedy}

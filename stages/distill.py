@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor import distributed
+from compressor.checkpoint import check_student_state
 from compressor.metrics import compare
 from stages.kd_loss import StudentTopK, kd_loss, teacher_topk
 
@@ -215,6 +216,7 @@ def distill(
     total = max(1, (cfg.max_tokens or 10**12) // per_step)
     step, tokens, history = 0, 0, []
     if resume:
+        check_student_state(resume, student)
         student.load_state_dict(resume["student"], strict=False)
         opt.load_state_dict(resume["optimizer"])
         step, tokens, history = resume["step"], resume["tokens"], resume["history"]

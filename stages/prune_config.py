@@ -9,6 +9,8 @@ for K-quants, the MatMulNBits block for ONNX), more than the model has.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict
 
 from compressor.artifact import ModelFacts
@@ -29,7 +31,11 @@ class PruneConfig(BaseModel):
     seed: int = 0
 
     @classmethod
-    def parse(cls, text: str, importance: str = "activation") -> PruneConfig:
+    def parse(cls, text: str, importance: str = "activation", require: bool = False) -> PruneConfig:
+        """Parse a spec, checking every value's range (the model-dependent checks are ``resolve``'s).
+
+        ``require``: an empty spec (``''``, ``',,,'``) is an error rather than "prune nothing".
+        """
         values: dict[str, float] = {}
         problems = []
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -39,9 +45,20 @@ class PruneConfig(BaseModel):
                 problems.append(f"'{part}': unknown key (use {', '.join(KEYS)})")
                 continue
             try:
-                values[key] = float(raw)
+                value = float(raw)
             except ValueError:
                 problems.append(f"'{part}': '{raw}' is not a number")
+                continue
+            if key in values:
+                problems.append(f"'{part}': {key} is given twice")
+            elif (why := _value_problem(key, value)) is not None:
+                problems.append(why)
+            else:
+                values[key] = value
+        if require and not values and not problems:
+            problems.append(
+                f"nothing to prune; give e.g. heads=6,kv_heads=3,mlp=1024 or 'auto' (keys: {', '.join(KEYS)})"
+            )
         try:
             method = Importance(importance)
         except ValueError:
@@ -50,6 +67,15 @@ class PruneConfig(BaseModel):
         if problems:
             raise ConfigError(f"invalid --prune '{text}'", problems)
         return cls.model_validate({**values, "importance": method})
+
+
+def _value_problem(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be a count or ratio for ``name``, or None."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{name}={value:g}: must be a count >= 1 or a ratio in (0, 1); removing all is not allowed"
+    if value > 1 and value != int(value):
+        return f"{name}={value:g}: a ratio must lie in (0, 1); a count must be a whole number"
+    return None
 
 
 class ResolvedPrune(BaseModel):

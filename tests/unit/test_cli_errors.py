@@ -109,7 +109,7 @@ def test_check_on_missing_and_corrupt_artifacts(tmp_path: Path, capsys) -> None:
     assert code == ExitCode.BAD_INPUT and "does not exist" in err
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "model.gguf").write_bytes(b"GGUF" + b"\x00" * 40)
-    code, err = _run(["check", str(tmp_path / "d"), "--device", "host"], capsys)
+    code, err = _run(["check", str(tmp_path / "d" / "model.gguf"), "--device", "host"], capsys)
     assert code == ExitCode.BAD_INPUT and "model.gguf" in err
 
 
@@ -129,5 +129,5 @@ def test_check_on_a_corrupt_onnx_model(tmp_path: Path, capsys) -> None:
     (tmp_path / "d" / "onnx").mkdir(parents=True)
     (tmp_path / "d" / "onnx" / "model.onnx").write_bytes(b"\x08\x07garbage" * 50)
     (tmp_path / "d" / "onnx" / "config.json").write_text("{}")
-    code, err = _run(["check", str(tmp_path / "d"), "--device", "host"], capsys)
+    code, err = _run(["check", str(tmp_path / "d" / "onnx" / "model.onnx"), "--device", "host"], capsys)
     assert code == ExitCode.BAD_INPUT and "model.onnx" in err and "ONNX" in err
