@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PositiveOpt = Annotated[float | None, Field(gt=0)]
+PositiveOpt = Annotated[float | None, Field(gt=0, allow_inf_nan=False)]
 
 
 class CompressRequest(BaseModel):
@@ -30,10 +30,10 @@ class CompressRequest(BaseModel):
     calib_tokens: Annotated[int, Field(ge=64, le=1_000_000)] = 2048
     distill: bool = False  # heal the (pruned) student against the float teacher
     qat: bool = False  # distill through the first target scheme's exact quantizer
-    distill_tokens: Annotated[int, Field(ge=256)] = 32_768
-    distill_minutes: Annotated[float | None, Field(gt=0)] = None
+    distill_tokens: Annotated[int, Field(ge=256, le=10**12)] = 32_768
+    distill_minutes: Annotated[float | None, Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False)] = None
     distill_loss: str = "forward_kl"
-    distill_lr: Annotated[float, Field(gt=0)] = 5e-5
+    distill_lr: Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)] = 5e-5
     resume: bool = False  # continue a killed distillation from its checkpoint
     keep_going: bool = False  # run every stage even when a projected budget fails
     force: bool = False  # replace a non-empty output directory

@@ -70,6 +70,8 @@ def resolve_source(spec: str) -> ModelSource:
         if path.suffix.lower() != ".gguf":
             raise InputError(f"{path} is not a model: give a Hugging Face directory or a .gguf file")
         return ModelSource(kind=SourceKind.GGUF, path=str(path), name=spec)
+    if not path.is_dir():
+        raise InputError(f"{path} is neither a regular file nor a directory (a device or a pipe?)")
     if not (path / "config.json").is_file():
         present = sorted(p.name for p in path.iterdir())[:12]
         raise InputError(

@@ -31,6 +31,8 @@ def _tree(root: Path) -> dict[str, str]:
             out[rel] = "-> " + os.readlink(p)
         elif p.is_dir():
             out[rel] = ""
+        elif not p.is_file():
+            out[rel] = "special"  # a pipe or device: never open it
         else:
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
@@ -500,3 +502,16 @@ def test_check_reports_files_the_manifest_does_not_list(copy_of: Path, capsys) -
     assert main(_check(copy_of)) == 0  # the listed model still passes; the stranger is not measured
     err = capsys.readouterr().err
     assert "warning:" in err and "extra.gguf" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--distill-lr", "inf"), ("--distill-lr", "5"), ("--distill-minutes", "nan"), ("--max-ram-mib", "-inf")],
+)
+def test_numeric_flags_outside_sense(sandbox: Path, capsys, no_load, flag: str, value: str) -> None:
+    refuse(compress(sandbox, "--distill", flag, value), sandbox, capsys, ExitCode.BAD_INPUT, flag)
+
+
+def test_a_pipe_as_the_model(sandbox: Path, capsys) -> None:
+    os.mkfifo(sandbox / "pipe")
+    refuse(compress(sandbox, model="pipe"), sandbox, capsys, ExitCode.BAD_INPUT, "pipe", "neither")
