@@ -509,7 +509,7 @@ def test_check_reports_files_the_manifest_does_not_list(copy_of: Path, capsys) -
     [("--distill-lr", "inf"), ("--distill-lr", "5"), ("--distill-minutes", "nan"), ("--max-ram-mib", "-inf")],
 )
 def test_numeric_flags_outside_sense(sandbox: Path, capsys, no_load, flag: str, value: str) -> None:
-    refuse(compress(sandbox, "--distill", flag, value), sandbox, capsys, ExitCode.BAD_INPUT, flag)
+    refuse(compress(sandbox, "--distill", f"{flag}={value}"), sandbox, capsys, ExitCode.BAD_INPUT, flag)
 
 
 def test_a_pipe_as_the_model(sandbox: Path, capsys) -> None:
