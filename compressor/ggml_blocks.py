@@ -1,4 +1,5 @@
-"""Bit-exact numpy codecs for ggml's 32-element block formats (Q8_0, Q4_0) plus F16/F32.
+"""Bit-exact numpy reference quantizers for ggml's Q8_0 and Q4_0 (the other types, packing and the
+registry: ``ggml_types``).
 
 These reproduce ggml's reference quantizers (``quantize_row_q8_0_ref`` / ``quantize_row_q4_0_ref``),
 which is what ``llama_model_quantize`` runs when no importance matrix is given, so a block we write
@@ -21,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 QK = 32  # elements per block for Q4_0 and Q8_0
-BLOCK_BYTES = {"Q8_0": 2 + QK, "Q4_0": 2 + QK // 2}
 
 
 def _blocks(w: np.ndarray) -> np.ndarray:
@@ -29,10 +29,6 @@ def _blocks(w: np.ndarray) -> np.ndarray:
     if x.shape[-1] % QK:
         raise ValueError(f"row length {x.shape[-1]} is not a multiple of {QK}")
     return x.reshape(-1, QK)  # (n_blocks, 32)
-
-
-def _scales_to_bytes(d: np.ndarray) -> np.ndarray:
-    return d.astype(np.float16).view(np.uint8).reshape(-1, 2)  # (n_blocks, 2)
 
 
 def quantize_q8_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,53 +57,3 @@ def quantize_q4_0(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shifted = (x * inv[:, None]).astype(np.float32) + np.float32(8.5)  # float32 add, as in C
     q = np.minimum(15, np.trunc(shifted)).astype(np.uint8)
     return d.astype(np.float16), q
-
-
-def pack_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Serialize Q8_0 blocks to ggml's byte layout: (n_blocks, 34) uint8."""
-    return np.concatenate([_scales_to_bytes(d), q.astype(np.int8).view(np.uint8)], axis=1)
-
-
-def pack_q4_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Serialize Q4_0 blocks: (n_blocks, 18) uint8, low nibble = first half of the block."""
-    nibbles = (q[:, : QK // 2] | (q[:, QK // 2 :] << 4)).astype(np.uint8)
-    return np.concatenate([_scales_to_bytes(d), nibbles], axis=1)
-
-
-def dequantize_q8_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return (d.astype(np.float32)[:, None] * q.astype(np.float32)).astype(np.float32)
-
-
-def dequantize_q4_0(d: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return ((q.astype(np.float32) - np.float32(8.0)) * d.astype(np.float32)[:, None]).astype(np.float32)
-
-
-def unpack_blocks(kind: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of pack_*: split raw bytes (..., n_bytes) into (scales fp16, codes)."""
-    b = np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1, BLOCK_BYTES[kind])
-    d = b[:, :2].copy().view(np.float16).reshape(-1)
-    if kind == "Q8_0":
-        return d, b[:, 2:].copy().view(np.int8)
-    lo, hi = b[:, 2:] & 0x0F, b[:, 2:] >> 4
-    return d, np.concatenate([lo, hi], axis=1)
-
-
-CODECS = {
-    "Q8_0": (quantize_q8_0, pack_q8_0, dequantize_q8_0),
-    "Q4_0": (quantize_q4_0, pack_q4_0, dequantize_q4_0),
-}
-
-
-def quantize_tensor(kind: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize a 2-D float matrix: returns (packed bytes (rows, bytes_per_row), dequantized copy)."""
-    rows, cols = w.shape
-    if kind == "F32":
-        x = np.ascontiguousarray(w, dtype=np.float32)
-        return x.view(np.uint8).reshape(rows, cols * 4), x
-    if kind == "F16":
-        h = np.ascontiguousarray(w, dtype=np.float32).astype(np.float16)
-        return h.view(np.uint8).reshape(rows, cols * 2), h.astype(np.float32)
-    quant, pack, dequant = CODECS[kind]
-    d, q = quant(w)
-    packed = pack(d, q).reshape(rows, -1)
-    return packed, dequant(d, q).reshape(rows, cols)

@@ -5,10 +5,10 @@ A scheme is written ``FORMAT:TYPE`` on the command line: ``gguf:Q4_0``, ``gguf:Q
 this tensor really get, and if that is not the requested one, why (a fallback). The projection in
 ``budget.py`` and the exporters both ask the scheme, so what is projected is what gets written.
 
-Types we pack ourselves: GGUF F32, F16, Q8_0, Q4_0 (bit-exact with ggml, ``ggml_blocks.py``) and every
-ONNX type (``onnx_blocks.py``). K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K) are produced by llama.cpp's own
-quantizer from our F32 file; their projected sizes follow llama.cpp's fallback rules and are labelled
-estimates until measured.
+Types we pack ourselves: GGUF F32, F16, Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, IQ4_NL (bit-exact with ggml,
+``ggml_types.py``) and every ONNX type (``onnx_blocks.py``). K-quant mixtures (Q4_K_M, Q5_K_M, Q6_K)
+are produced by llama.cpp's own quantizer from our F32 file; their projected sizes follow llama.cpp's
+fallback rules and are labelled estimates until measured.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ GGML_BITS: dict[str, float] = {
     "F16": 16.0,
     "Q8_0": 8.5,
     "Q4_0": 4.5,
+    "IQ4_NL": 4.5,
     "Q4_1": 5.0,
     "Q5_0": 5.5,
     "Q5_1": 6.0,
@@ -51,6 +52,7 @@ GGML_BLOCK: dict[str, int] = {
     "F16": 1,
     "Q8_0": 32,
     "Q4_0": 32,
+    "IQ4_NL": 32,
     "Q4_1": 32,
     "Q5_0": 32,
     "Q5_1": 32,
@@ -61,7 +63,9 @@ GGML_BLOCK: dict[str, int] = {
 # llama.cpp's fallback when a row is not a multiple of the type's block (llama-quant.cpp).
 GGML_FALLBACK: dict[str, str] = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
-OWN_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0")
+OWN_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")
+# Types QAT can train through: an exact fake quantizer exists (stages/fake_quant.py).
+FAKE_QUANT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "fp32", "int8", "int4")
 # llama.cpp file types (enum llama_ftype) we delegate to its quantizer, and their base tensor type.
 LLAMA_FTYPES: dict[str, tuple[int, str]] = {
     "Q4_K_M": (15, "Q4_K"),
@@ -70,6 +74,7 @@ LLAMA_FTYPES: dict[str, tuple[int, str]] = {
 }
 
 
+SUB_8_BIT = ("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "int4")
 ONNX_TYPES = ("fp32", "int8", "int4")
 ONNX_FALLBACK = "fp32"
 
@@ -141,7 +146,11 @@ class QuantScheme(BaseModel):
     @property
     def trainable(self) -> bool:
         """Whether QAT can train through this scheme: every type it writes has an exact fake quantizer."""
-        return not self.delegated_to_llama_cpp
+        if self.delegated_to_llama_cpp:
+            return False
+        return all(
+            self.requested_type(role) in FAKE_QUANT_TYPES for role in (TensorRole.MLP, TensorRole.EMBEDDING)
+        )
 
     @property
     def delegated_to_llama_cpp(self) -> bool:
@@ -166,7 +175,7 @@ class QuantScheme(BaseModel):
                 return "Q6_K"  # llama.cpp's choice for the output tensor of K-quant mixtures
             # 4-bit heads hurt most; like llama.cpp, keep the (tied) head at 8 bits by default.
             eight = "int8" if onnx else "Q8_0"
-            return eight if self.weight_type in ("Q4_0", "int4") else self.weight_type
+            return eight if self.weight_type in SUB_8_BIT else self.weight_type
         if self.delegated_to_llama_cpp:
             return LLAMA_FTYPES[self.weight_type][1]
         return self.weight_type

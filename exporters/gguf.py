@@ -27,7 +27,7 @@ from compressor.vocab import GGUFVocab
 log = logging.getLogger(__name__)
 
 # llama_ftype values written as general.file_type (mostly-TYPE)
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}
+FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "IQ4_NL": 25}
 
 
 def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:

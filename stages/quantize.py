@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from compressor import onnx_blocks
 from compressor.artifact import ModelArtifact, QuantizedTensor, weight_inventory
 from compressor.budget import effective_bits_per_weight, plan_tensors
-from compressor.ggml_blocks import quantize_tensor
+from compressor.ggml_types import quantize_tensor
 from compressor.quant import ExportFormat, QuantScheme
 from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult

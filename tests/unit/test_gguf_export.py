@@ -51,7 +51,7 @@ def test_llama_cpp_tokenizes_like_our_tokenizer(tiny_artifact, tmp_path: Path) -
     )
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL"])
 def test_blocks_are_byte_identical_to_llama_cpp_quantizer(tiny_artifact, tmp_path: Path, kind: str) -> None:
     ours = export_gguf(_quantized(tiny_artifact, f"gguf:{kind}+embed={kind}"), tmp_path, "ours.gguf")
     f32 = export_gguf(tiny_artifact, tmp_path, "f32.gguf")
@@ -68,7 +68,7 @@ def test_blocks_are_byte_identical_to_llama_cpp_quantizer(tiny_artifact, tmp_pat
     assert n_quantized == 2 * 7 + 1  # 7 matrices per layer + the tied embedding
 
 
-@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0"])
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q5_0", "IQ4_NL"])
 def test_quantized_file_runs_like_the_fake_quantized_torch_model(
     tiny_artifact, tmp_path: Path, kind: str
 ) -> None:
