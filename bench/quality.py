@@ -24,6 +24,9 @@ from bench.common import HELDOUT_DOCS, LICENSES, RESULTS, TRAIN_DOCS, host, mark
 
 ART = RESULTS / "artifacts"
 EVAL_TOKENS = 1024
+# SmolLM2's float teacher is its packaged Q4_1 GGUF dequantized: Q4_1/Q5_1 would reproduce it almost
+# exactly for that reason alone (FIELD-NOTES), so the mixed rows may not use them.
+MIXED_TYPES = "IQ4_NL,Q4_0,Q5_0,Q8_0"
 
 
 def compress_cli(out: Path, *args: str) -> Path:
@@ -70,9 +73,14 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
         main_export(str(teacher_hf_dir(art)), str(fp32_onnx.parent), task="text-generation-with-past")
         return fp32_onnx
 
-    def imatrix_q4km() -> Path:
-        imat = peers.llama_imatrix(f16, train_text_file(), ART / "imatrix.gguf")
-        return peers.llama_quantize_imatrix(f16, imat, ART / "llama.cpp-Q4_K_M-imatrix.gguf")
+    def with_imatrix(ftype: str) -> Callable[[], Path]:
+        def build() -> Path:
+            imat = ART / "imatrix.gguf"
+            if not imat.is_file():
+                peers.llama_imatrix(f16, train_text_file(), imat)
+            return peers.llama_quantize_imatrix(f16, imat, ART / f"llama.cpp-{ftype}-imatrix.gguf", ftype)
+
+        return build
 
     def ours(name: str, *args: str) -> Callable[[], Path]:
         return lambda: compress_cli(ART / name, *args)
@@ -99,7 +107,10 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             "llama.cpp-Q4_K_M.gguf",
             lambda: peers.llama_quantize_api(f16, ART / "llama.cpp-Q4_K_M.gguf", "Q4_K_M"),
         ),
-        ("llama.cpp Q4_K_M + imatrix", "llama.cpp", "llama.cpp-Q4_K_M-imatrix.gguf", imatrix_q4km),
+        ("llama.cpp Q4_0 + imatrix", "llama.cpp", "llama.cpp-Q4_0-imatrix.gguf", with_imatrix("Q4_0")),
+        ("llama.cpp IQ4_NL + imatrix", "llama.cpp", "llama.cpp-IQ4_NL-imatrix.gguf", with_imatrix("IQ4_NL")),
+        ("llama.cpp Q4_K_M + imatrix", "llama.cpp", "llama.cpp-Q4_K_M-imatrix.gguf", with_imatrix("Q4_K_M")),
+        ("llama.cpp Q5_K_M + imatrix", "llama.cpp", "llama.cpp-Q5_K_M-imatrix.gguf", with_imatrix("Q5_K_M")),
         ("onnxruntime fp32 (optimum)", "onnxruntime", "optimum-fp32/model.onnx", optimum_export),
         (
             "onnxruntime int4 RTN",
@@ -114,7 +125,40 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             lambda: peers.ort_int8_dynamic(fp32_onnx, ART / "ort-int8" / "model.onnx"),
         ),
         ("ours gguf:Q8_0", "ours", "ours-q8_0/model.gguf", ours("ours-q8_0", "--quant", "gguf:Q8_0")),
-        ("ours gguf:Q4_0 RTN", "ours", "ours-q4_0/model.gguf", ours("ours-q4_0", "--quant", "gguf:Q4_0")),
+        (
+            "ours gguf:Q4_0 RTN",
+            "ours",
+            "ours-q4_0/model.gguf",
+            ours("ours-q4_0", "--quant", "gguf:Q4_0", "--ptq", "rtn"),
+        ),
+        (
+            "ours gguf:Q4_0 weighted",
+            "ours",
+            "ours-q4_0-weighted/model.gguf",
+            ours("ours-q4_0-weighted", "--quant", "gguf:Q4_0", "--calib-data", *calib),
+        ),
+        (
+            "ours gguf:IQ4_NL weighted",
+            "ours",
+            "ours-iq4_nl-weighted/model.gguf",
+            ours("ours-iq4_nl-weighted", "--quant", "gguf:IQ4_NL", "--calib-data", *calib),
+        ),
+        (
+            "ours gguf:mixed <= 87.5 MiB",
+            "ours",
+            "ours-mixed-87.5/model.gguf",
+            ours(
+                "ours-mixed-87.5",
+                "--quant",
+                "gguf:mixed",
+                "--mixed-types",
+                MIXED_TYPES,
+                "--max-size-mib",
+                "87.5",
+                "--calib-data",
+                *calib,
+            ),
+        ),
         (
             "ours onnx:int4",
             "ours",
@@ -188,7 +232,7 @@ def main() -> None:
             row[name] = scores
         results.append(row)
         print(json.dumps(row), flush=True)
-    write(results, args.distill_minutes)
+    write(merge_previous(results) if args.only else results, args.distill_minutes)
 
 
 def write(results: list[dict[str, Any]], minutes: float) -> None:
@@ -222,6 +266,17 @@ def write(results: list[dict[str, Any]], minutes: float) -> None:
     svg = pareto_svg(points, "SmolLM2-135M: size vs mean KL to the float teacher (held-out licenses)")
     (RESULTS / "pareto.svg").write_text(svg, encoding="utf-8")
     save("quality", {"host": host(), "distill_minutes": minutes, "rows": results, "table": table})
+
+
+def merge_previous(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With --only: this run's rows replace the same labels of the last saved run; others are kept."""
+    path = RESULTS / "quality.json"
+    if not path.is_file():
+        return results
+    new = {r["label"]: r for r in results}
+    old = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    merged = [new.pop(r["label"], r) for r in old]
+    return merged + list(new.values())
 
 
 if __name__ == "__main__":

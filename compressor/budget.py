@@ -69,7 +69,7 @@ class BudgetCheck(BaseModel):
 
 
 def plan_tensors(inventory: list[WeightInfo], scheme: QuantScheme) -> dict[str, TensorPlan]:
-    return {w.name: scheme.plan(w.role, w.row_len) for w in inventory}
+    return {w.name: scheme.plan(w.role, w.row_len, w.name) for w in inventory}
 
 
 def weight_bytes(inventory: list[WeightInfo], plans: dict[str, TensorPlan]) -> float:
@@ -95,9 +95,15 @@ class ModelCost(BaseModel):
 
 
 def cost_from_plan(
-    facts: ModelFacts, inventory: list[WeightInfo], plans: dict[str, TensorPlan], scheme_name: str
+    facts: ModelFacts,
+    inventory: list[WeightInfo],
+    plans: dict[str, TensorPlan],
+    scheme_name: str,
+    overhead_bytes: float | None = None,
 ) -> ModelCost:
-    """Project the cost of storing ``inventory`` as ``plans`` (before any file exists)."""
+    """Project the cost of storing ``inventory`` as ``plans`` (before any file exists).
+
+    ``overhead_bytes``: the file's non-tensor bytes when known (header, vocabulary); else estimated."""
     tied = facts.tied_embeddings
     streamed = 0.0
     for w in inventory:
@@ -112,7 +118,8 @@ def cost_from_plan(
     )
     bpw = effective_bits_per_weight(inventory, plans)
     return ModelCost(
-        stored_bytes=weight_bytes(inventory, plans) + facts.vocab_size * VOCAB_BYTES_PER_TOKEN,
+        stored_bytes=weight_bytes(inventory, plans)
+        + (overhead_bytes if overhead_bytes is not None else facts.vocab_size * VOCAB_BYTES_PER_TOKEN),
         streamed_bytes=streamed,
         matmul_params=matmul,
         kv_bytes_per_token=facts.kv_cache_bytes(1),

@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
     c.add_argument(
         "--quant",
-        help="weight format(s), comma-separated, one per format: gguf:F32|F16|Q8_0|Q4_0|Q4_K_M|Q5_K_M|Q6_K, "
-        "onnx:fp32|int8|int4[-asym][-blockN] (default gguf:Q4_0)",
+        help="weight format(s), comma-separated, one per format: gguf:F32|F16|Q8_0|Q5_1|Q5_0|Q4_1|Q4_0|"
+        "IQ4_NL|Q4_K_M|Q5_K_M|Q6_K|mixed, onnx:fp32|int8|int4[-asym][-blockN] (default gguf:Q4_0)",
     )
     c.add_argument(
         "--formats", help="export formats, e.g. onnx,gguf (default scheme per format: gguf:Q4_0, onnx:int4)"
@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=range(5),
         metavar="0-4",
         help="onnxruntime MatMulNBits compute type: 0 fp32 activations, 4 int8 (default, fastest)",
+    )
+    c.add_argument(
+        "--ptq",
+        choices=["auto", "rtn", "weighted"],
+        default="auto",
+        help="how weights are rounded: 'weighted' searches each block's scale, weighted by the input "
+        "importance measured on --calib-data when given; 'rtn' is each type's reference rule (what "
+        "llama.cpp does without an imatrix); auto: weighted, rtn under --qat",
+    )
+    c.add_argument(
+        "--mixed-types",
+        metavar="TYPES",
+        help="with --quant gguf:mixed: the types a tensor may get (default "
+        "IQ4_NL,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0); each tensor's type is chosen to fit --max-size-mib",
     )
     c.add_argument(
         "--embedding-type",

@@ -33,7 +33,7 @@ from compressor.device_profile import DeviceProfile, load_profile
 from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode, InputError
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
-from compressor.quant import ExportFormat, QuantScheme, supported_schemes
+from compressor.quant import ExportFormat, PtqMethod, QuantScheme, supported_schemes
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 from stages import prune_auto
@@ -57,7 +57,14 @@ def _quiet(stage: str, description: str) -> Iterator[Update]:
 def project_after(artifact: ModelArtifact, ctx: StageContext, report: StageReport) -> list[BudgetCheck]:
     """Project the deployed footprint of ``artifact`` and attach it and its checks to ``report``."""
     inventory = weight_inventory(artifact.model)
-    cost = cost_from_plan(artifact.facts, inventory, plan_tensors(inventory, ctx.scheme), ctx.scheme.name)
+    scheme = artifact.scheme if artifact.scheme is not None else ctx.scheme  # resolved mixed plans too
+    overhead = None
+    if scheme.is_mixed:  # fitted to the byte: project with the file's real header and vocabulary
+        from exporters.gguf import overhead_bytes
+
+        overhead = overhead_bytes(artifact)
+    plans = plan_tensors(inventory, scheme)
+    cost = cost_from_plan(artifact.facts, inventory, plans, scheme.name, overhead)
     report.footprint = project_footprint(cost, ctx.profile)
     report.checks = check_budgets(report.footprint, ctx.profile.budgets)
     return report.checks
@@ -107,7 +114,9 @@ DEFAULT_SCHEMES = {ExportFormat.GGUF: "gguf:Q4_0", ExportFormat.ONNX: "onnx:int4
 def resolve_schemes(req: CompressRequest) -> list[QuantScheme]:
     """Schemes from ``--quant`` (comma-separated) and ``--formats`` (a default scheme per format)."""
     specs = [s for s in (req.quant or "").split(",") if s.strip()]
-    schemes = [QuantScheme.parse(s, req.embedding_type, req.onnx_accuracy_level) for s in specs]
+    schemes = [
+        QuantScheme.parse(s, req.embedding_type, req.onnx_accuracy_level, req.mixed_types) for s in specs
+    ]
     if req.formats:
         try:
             formats = [ExportFormat(f.strip().lower()) for f in req.formats.split(",") if f.strip()]
@@ -147,6 +156,15 @@ def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantSchem
             f"--qat trains through an exact fake quantizer, which {schemes[0].name} has none of "
             f"(llama.cpp quantizes it itself); use one of: {', '.join(trainable)}"
         )
+    if req.qat and req.ptq == PtqMethod.WEIGHTED:
+        raise ConfigError("--qat trains through the reference rounding rule; use --ptq rtn (or auto) with it")
+    if any(s.is_mixed for s in schemes) and profile.budgets.max_size_mib is None:
+        raise ConfigError(
+            f"gguf:mixed fits a size: give --max-size-mib, or a profile with budgets.max_size_mib "
+            f"('{profile.name}' has none)"
+        )
+    if req.mixed_types and not any(s.is_mixed for s in schemes):
+        raise ConfigError("--mixed-types applies to --quant gguf:mixed only")
     if req.resume and not (req.distill or req.qat):
         raise ConfigError("--resume continues a distillation; add --distill or --qat")
     cfg = DistillConfig()
@@ -265,14 +283,13 @@ def _run_target(
     """quantize -> project -> export + validate -> measure, for one scheme, on a copy of the model."""
     from compressor.verify import measure_artifact
     from exporters.validate import export_and_validate
-    from stages.quantize import QuantizeStage
 
     name = ctx.scheme.name
     with progress(f"quantize[{name}]", f"quantizing to {name}"):
         work = (
             artifact.evolve("copy", model=copy.deepcopy(artifact.model)) if len(run.schemes) > 1 else artifact
         )
-        result = QuantizeStage().run(work, ctx)
+        result = _quantize_stage(run, work, ctx).run(work, ctx)
     result.report.stage = f"quantize[{name}]"
     run.stages.append(result.report)
     project_after(result.artifact, ctx, result.report)
@@ -302,6 +319,36 @@ def _run_target(
         run.stages.append(measure_report)
         run.measured[label] = measure_report.summary
         run.final_checks += checks
+
+
+def ptq_method(req: CompressRequest) -> PtqMethod:
+    """--ptq auto: the weighted search, except under QAT, which trains through the reference rule."""
+    if req.ptq == "auto":
+        return PtqMethod.RTN if req.qat else PtqMethod.WEIGHTED
+    return PtqMethod(req.ptq)
+
+
+def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any:
+    """The quantize stage with what its method needs: calibration batches (the importance vectors
+    when the user gave text; always for a mixed plan) and the byte budget of a mixed plan."""
+    from compressor.calibration import calibration_ids
+    from stages.quantize import QuantizeStage
+
+    req, scheme, method = run.req, ctx.scheme, ptq_method(run.req)
+    gguf_search = scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp
+    calib = None
+    if scheme.is_mixed or (method is PtqMethod.WEIGHTED and req.calib_data and gguf_search):
+        calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calib_tokens)
+    budget = None
+    if scheme.is_mixed:
+        from exporters.gguf import overhead_bytes
+
+        limit = ctx.profile.budgets.max_size_mib
+        if limit is None:  # resolve_inputs already refuses this; kept for library callers
+            raise ConfigError("gguf:mixed needs a size budget (--max-size-mib)")
+        norms = sum(4 * w.numel for w in weight_inventory(artifact.model) if len(w.shape) == 1)
+        budget = limit * 2**20 - overhead_bytes(artifact) - norms
+    return QuantizeStage(method=method, calibration=calib, budget_bytes=budget)
 
 
 def _row_multiple(schemes: list[QuantScheme]) -> int:

@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict
 from compressor.errors import ConfigError
 
 
+class PtqMethod(StrEnum):
+    RTN = "rtn"  # each type's reference rule (llama.cpp without an imatrix); what QAT trains through
+    WEIGHTED = "weighted"  # importance-weighted scale search per block (ggml_search)
+
+
 class ExportFormat(StrEnum):
     GGUF = "gguf"
     ONNX = "onnx"
@@ -107,9 +112,22 @@ class QuantScheme(BaseModel):
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 4
+    # gguf:mixed: the types a tensor may get, and (once chosen by the quantize stage) each tensor's
+    # type by weight name. Before the choice, plans assume the cheapest allowed type (a lower bound).
+    mixed_types: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_mixed(self) -> bool:
+        return self.weight_type == MIXED
+
+    def with_overrides(self, types: dict[str, str]) -> QuantScheme:
+        return self.model_copy(update={"overrides": tuple(sorted(types.items()))})
 
     @property
     def name(self) -> str:
+        if self.is_mixed:
+            return f"gguf:mixed[{','.join(self.mixed_types)}]"
         kind = self.weight_type
         if self.format is ExportFormat.ONNX and kind != "fp32":
             kind += "" if self.symmetric else "-asym"
@@ -118,7 +136,13 @@ class QuantScheme(BaseModel):
         return f"{self.format.value}:{kind}{suffix}"
 
     @classmethod
-    def parse(cls, spec: str, embedding_type: str | None = None, accuracy_level: int = 4) -> QuantScheme:
+    def parse(
+        cls,
+        spec: str,
+        embedding_type: str | None = None,
+        accuracy_level: int = 4,
+        mixed_types: str | None = None,
+    ) -> QuantScheme:
         """Parse ``gguf:Q4_0``, ``onnx:int4-asym-block64``, optionally ``+embed=TYPE``.
 
         Raises ConfigError naming the choices.
@@ -133,6 +157,8 @@ class QuantScheme(BaseModel):
         if fmt.lower() != ExportFormat.GGUF.value or not kind:
             raise ConfigError(f"unknown quantization scheme '{spec}'; choose one of: {choices}")
         kind = kind.upper()
+        if kind == MIXED.upper():
+            return cls(format=ExportFormat.GGUF, weight_type=MIXED, mixed_types=_mixed_types(mixed_types))
         if kind not in OWN_GGUF_TYPES and kind not in LLAMA_FTYPES:
             raise ConfigError(f"unknown GGUF type '{kind}' in '{spec}'; choose one of: {choices}")
         if embedding_type is not None:
@@ -146,7 +172,7 @@ class QuantScheme(BaseModel):
     @property
     def trainable(self) -> bool:
         """Whether QAT can train through this scheme: every type it writes has an exact fake quantizer."""
-        if self.delegated_to_llama_cpp:
+        if self.delegated_to_llama_cpp or self.is_mixed:
             return False
         return all(
             self.requested_type(role) in FAKE_QUANT_TYPES for role in (TensorRole.MLP, TensorRole.EMBEDDING)
@@ -161,6 +187,8 @@ class QuantScheme(BaseModel):
         """Row lengths that pack without fallback (what pruning must round widths to)."""
         if self.format is ExportFormat.ONNX:
             return 1 if self.weight_type == "fp32" else self.block_size
+        if self.is_mixed:
+            return max(GGML_BLOCK[t] for t in self.mixed_types)
         base = LLAMA_FTYPES[self.weight_type][1] if self.delegated_to_llama_cpp else self.weight_type
         return GGML_BLOCK[base]
 
@@ -168,6 +196,8 @@ class QuantScheme(BaseModel):
         onnx = self.format is ExportFormat.ONNX
         if role is TensorRole.NORM:
             return "fp32" if onnx else "F32"
+        if self.is_mixed:
+            return min(self.mixed_types, key=lambda t: GGML_BITS[t])
         if role in (TensorRole.EMBEDDING, TensorRole.OUTPUT):
             if self.embedding_type:
                 return self.embedding_type
@@ -190,9 +220,10 @@ class QuantScheme(BaseModel):
         zero_point_bits = 0 if self.symmetric or kind == "int8" else code_bits
         return code_bits + (32 + zero_point_bits) / self.block_size
 
-    def plan(self, role: TensorRole, row_len: int) -> TensorPlan:
+    def plan(self, role: TensorRole, row_len: int, name: str | None = None) -> TensorPlan:
         """The type a tensor with rows of ``row_len`` elements will really get."""
-        want = self.requested_type(role)
+        chosen = dict(self.overrides)
+        want = chosen[name] if name in chosen else self.requested_type(role)
         if self.format is ExportFormat.ONNX:
             ok = want == "fp32" or role is TensorRole.NORM or row_len % self.block_size == 0
             kind, block = (want if ok else ONNX_FALLBACK), self.block_size
@@ -239,6 +270,24 @@ def _parse_onnx(spec: str, kind: str, embedding_type: str | None, accuracy_level
     )
 
 
+MIXED = "mixed"
+# --mixed-types default: every quantized type we pack exactly (F16/F32 only where rows cannot pack).
+DEFAULT_MIXED_TYPES = ("IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
+
+
+def _mixed_types(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return DEFAULT_MIXED_TYPES
+    types = tuple(dict.fromkeys(t.strip().upper() for t in text.split(",") if t.strip()))
+    bad = [t for t in types if t not in OWN_GGUF_TYPES or t in ("F32", "F16")]
+    if bad or not types:
+        raise ConfigError(
+            f"--mixed-types {text}: {', '.join(bad) or 'empty'} not allowed; choose from "
+            f"{', '.join(DEFAULT_MIXED_TYPES)}"
+        )
+    return types
+
+
 def supported_schemes() -> list[str]:
-    gguf = [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES)]
+    gguf = [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES, MIXED)]
     return [*gguf, "onnx:fp32", "onnx:int8", "onnx:int4", "onnx:int4-asym", "onnx:int4-block64"]

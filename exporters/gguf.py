@@ -14,6 +14,7 @@ produced by llama.cpp's quantizer from an F32 file we write first.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,8 @@ def write_gguf(artifact: ModelArtifact, path: Path, as_float: bool = False) -> N
         raise ConfigError("GGUF export needs a tokenizer vocabulary; the artifact has none")
     scheme = artifact.scheme
     kind = "F32" if as_float or scheme is None else scheme.weight_type
+    if kind == "mixed":  # general.file_type is informational: name the type most weights have
+        kind = Counter(q.kind for q in artifact.quantized.values()).most_common(1)[0][0]
     writer = gguf.GGUFWriter(str(path), "llama")
     _add_metadata(writer, artifact, FILE_TYPES.get(kind, 0))
     _add_vocab(writer, artifact.vocab)
@@ -121,6 +124,31 @@ def write_gguf(artifact: ModelArtifact, path: Path, as_float: bool = False) -> N
         raise OutputError(f"could not write {path}: {exc}") from None
     finally:
         writer.close()
+
+
+def overhead_bytes(artifact: ModelArtifact) -> int:
+    """Bytes of a GGUF file that are not tensor data, an upper bound within 32 bytes a tensor:
+    header, metadata and vocabulary (written for real to a scratch file), tensor infos, alignment."""
+    import tempfile
+
+    gguf = require("gguf", "all")
+    if artifact.vocab is None:
+        raise ConfigError("GGUF export needs a tokenizer vocabulary; the artifact has none")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "head.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        _add_metadata(writer, artifact, 0)
+        _add_vocab(writer, artifact.vocab)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.close()
+        head = path.stat().st_size
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, artifact.facts.n_layers)
+    infos = 0
+    for w in weight_inventory(artifact.model):
+        name = name_map.get_name(w.name, try_suffixes=(".weight", ".bias")) or w.name
+        infos += 8 + len(name.encode()) + 4 + 8 * len(w.shape) + 4 + 8 + 31  # info + data alignment
+    return head + infos + 31
 
 
 def llama_cpp_quantize(src: Path, dst: Path, ftype_name: str, pure: bool = False, threads: int = 2) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,13 @@ from pydantic import BaseModel, ConfigDict
 from compressor import onnx_blocks
 from compressor.artifact import ModelArtifact, QuantizedTensor, weight_inventory
 from compressor.budget import effective_bits_per_weight, plan_tensors
+from compressor.errors import BudgetExceeded, ConfigError
 from compressor.ggml_types import quantize_tensor
-from compressor.quant import ExportFormat, QuantScheme
+from compressor.quant import ExportFormat, PtqMethod, QuantScheme
 from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult
+from stages.calib_stats import fisher_diagonal, input_importance
+from stages.mixed import allocate, tensor_options
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +49,26 @@ class QuantStats(BaseModel):
     max_abs_error: float  # largest |w - dequant(quant(w))| over all quantized weights
 
 
-def pack_weight(scheme: QuantScheme, kind: str, w: np.ndarray) -> tuple[Any, np.ndarray]:
+def pack_weight(
+    scheme: QuantScheme, kind: str, w: np.ndarray, importance: np.ndarray | None = None, search: bool = False
+) -> tuple[Any, np.ndarray]:
     """(what the exporter writes, the dequantized weight) for one (rows, row_len) matrix."""
     if scheme.format is ExportFormat.ONNX:
         bq = onnx_blocks.quantize(kind, w, scheme.block_size, scheme.symmetric)
         return bq, bq.dequantize()
-    return quantize_tensor(kind, w)
+    return quantize_tensor(kind, w, importance, search)
 
 
-def quantize_model(model: Any, scheme: QuantScheme) -> tuple[Any, dict[str, QuantizedTensor], QuantStats]:
-    """Quantize ``model`` in place to ``scheme``; return it, the packed tensors and the stats."""
+def quantize_model(
+    model: Any,
+    scheme: QuantScheme,
+    importance: dict[str, np.ndarray] | None = None,
+    search: bool = False,
+) -> tuple[Any, dict[str, QuantizedTensor], QuantStats]:
+    """Quantize ``model`` in place to ``scheme``; return it, the packed tensors and the stats.
+
+    ``search``: importance-weighted scale search (GGUF types), weighted by ``importance`` (inventory
+    name -> mean squared input per column) where given; otherwise each type's reference rule."""
     inventory = weight_inventory(model)
     plans = plan_tensors(inventory, scheme)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -65,7 +79,8 @@ def quantize_model(model: Any, scheme: QuantScheme) -> tuple[Any, dict[str, Quan
         if scheme.delegated_to_llama_cpp or kind in ("F32", "fp32") or len(w.shape) != 2:
             continue
         p = params[w.name]
-        data, deq = pack_weight(scheme, kind, p.detach().float().numpy())
+        imp = importance.get(w.name) if importance else None
+        data, deq = pack_weight(scheme, kind, p.detach().float().numpy(), imp, search)
         restored = torch.from_numpy(deq)
         max_err = max(max_err, float((p.detach() - restored).abs().max()))
         with torch.no_grad():
@@ -86,12 +101,27 @@ def quantize_model(model: Any, scheme: QuantScheme) -> tuple[Any, dict[str, Quan
     return model, packed, stats
 
 
+@dataclass(frozen=True)
 class QuantizeStage:
-    name = "quantize"
+    """``method``: "rtn" (each type's reference rule, what QAT trained through) or "weighted" (scale
+    search, weighted by the input importance when ``calibration`` batches are given). A mixed scheme
+    also needs ``calibration`` and ``budget_bytes`` (for its 2-D weights) to choose each tensor's type."""
+
+    method: PtqMethod = PtqMethod.RTN
+    calibration: list[torch.Tensor] | None = None
+    budget_bytes: float | None = None
+    name: str = "quantize"
 
     def run(self, artifact: ModelArtifact, ctx: StageContext) -> StageResult:
         start = time.perf_counter()
-        model, packed, stats = quantize_model(artifact.model, ctx.scheme)
+        scheme, importance = ctx.scheme, None
+        extra: dict[str, Any] = {}
+        if self.calibration and self.method is PtqMethod.WEIGHTED:
+            importance = input_importance(artifact.model, self.calibration)
+        if scheme.is_mixed:
+            scheme, extra = self._choose_types(artifact.model, scheme, importance or {})
+        search = self.method is PtqMethod.WEIGHTED
+        model, packed, stats = quantize_model(artifact.model, scheme, importance, search)
         if stats.fallbacks:
             moves = Counter(f"{fb.requested}->{fb.effective}" for fb in stats.fallbacks)
             log.warning(
@@ -110,13 +140,58 @@ class QuantizeStage:
             "fallbacks": [fb.model_dump() for fb in stats.fallbacks],
             "max_abs_error": stats.max_abs_error,
             "quantized_by": "llama.cpp (at export)" if ctx.scheme.delegated_to_llama_cpp else "compressor",
+            "ptq": self.method.value,
+            "importance": "calibration activations" if importance else "none",
+            **extra,
         }
         new = artifact.evolve(
             self.name,
             model=model,
-            scheme=ctx.scheme,
+            scheme=scheme,
             quantized=packed,
             precision=ctx.scheme.weight_type,
         )
         report = StageReport(stage=self.name, seconds=time.perf_counter() - start, summary=summary)
         return StageResult(artifact=new, report=report)
+
+    def _choose_types(
+        self, model: Any, scheme: QuantScheme, importance: dict[str, np.ndarray]
+    ) -> tuple[QuantScheme, dict[str, Any]]:
+        """The mixed plan: Fisher sensitivities of every (tensor, type), then the knapsack."""
+        if not self.calibration or self.budget_bytes is None:
+            raise ConfigError("gguf:mixed needs calibration text and a size budget (--max-size-mib)")
+        t0 = time.perf_counter()
+        fisher, tokens = fisher_diagonal(model, self.calibration[:FISHER_SEQUENCES])
+        options = tensor_options(model, scheme.mixed_types, fisher, tokens, importance)
+        try:
+            chosen = allocate(options, self.budget_bytes)
+        except ValueError:
+            floor = sum(o[0].size_bytes for o in options.values()) / 2**20
+            raise BudgetExceeded(
+                f"gguf:mixed: even the cheapest allowed types need {floor:.1f} MiB of weights, more than "
+                f"the {self.budget_bytes / 2**20:.1f} MiB the size budget leaves for them"
+            ) from None
+        by_group: dict[str, Counter[str]] = {}
+        for n, o in chosen.items():
+            by_group.setdefault(_group(n), Counter())[o.kind] += 1
+        extra = {
+            "mixed_plan": {g: dict(c) for g, c in sorted(by_group.items())},
+            "mixed_weight_mib": round(sum(o.size_bytes for o in chosen.values()) / 2**20, 3),
+            "mixed_budget_mib": round(self.budget_bytes / 2**20, 3),
+            "mixed_predicted_kl": round(sum(o.kl for o in chosen.values()), 5),
+            "mixed_seconds": round(time.perf_counter() - t0, 1),
+            "fisher_sequences": min(len(self.calibration), FISHER_SEQUENCES),
+        }
+        return scheme.with_overrides({n: o.kind for n, o in chosen.items()}), extra
+
+
+FISHER_SEQUENCES = 8
+
+
+def _group(name: str) -> str:
+    """'model.layers.3.mlp.down_proj.weight' -> 'mlp.down_proj' (a tensor's role across layers)."""
+    parts = name.removesuffix(".weight").split(".")
+    if "layers" in parts:
+        i = parts.index("layers")
+        return ".".join(parts[i + 2 :])
+    return ".".join(parts[-2:])
