@@ -86,11 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--ptq",
-        choices=["auto", "rtn", "weighted"],
+        choices=["auto", "rtn", "weighted", "gptq"],
         default="auto",
         help="how weights are rounded: 'weighted' searches each block's scale, weighted by the input "
         "importance measured on --calib-data when given; 'rtn' is each type's reference rule (what "
-        "llama.cpp does without an imatrix); auto: weighted, rtn under --qat",
+        "llama.cpp does without an imatrix); 'gptq' keeps the weighted scales and picks codes by GPTQ "
+        "error compensation on the calibration activations; auto: weighted, rtn under --qat",
     )
     c.add_argument(
         "--mixed-types",

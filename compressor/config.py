@@ -18,7 +18,7 @@ class CompressRequest(BaseModel):
     quant: str | None = None  # comma-separated schemes; None: a default per format (gguf:Q4_0)
     formats: str | None = None  # e.g. "onnx,gguf": add the default scheme of each format not in quant
     embedding_type: str | None = None
-    ptq: Literal["auto", "rtn", "weighted"] = "auto"  # auto: weighted, except rtn under --qat
+    ptq: Literal["auto", "rtn", "weighted", "gptq"] = "auto"  # auto: weighted, except rtn under --qat
     mixed_types: str | None = None  # gguf:mixed: comma-separated types (default: every type we pack)
     onnx_accuracy_level: Annotated[int, Field(ge=0, le=4)] = 4
     mobile: bool = False  # also write the ORT format (.ort) for onnxruntime-mobile

@@ -156,7 +156,7 @@ def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantSchem
             f"--qat trains through an exact fake quantizer, which {schemes[0].name} has none of "
             f"(llama.cpp quantizes it itself); use one of: {', '.join(trainable)}"
         )
-    if req.qat and req.ptq == PtqMethod.WEIGHTED:
+    if req.qat and req.ptq in (PtqMethod.WEIGHTED, PtqMethod.GPTQ):
         raise ConfigError("--qat trains through the reference rounding rule; use --ptq rtn (or auto) with it")
     if any(s.is_mixed for s in schemes) and profile.budgets.max_size_mib is None:
         raise ConfigError(
@@ -337,7 +337,8 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
     req, scheme, method = run.req, ctx.scheme, ptq_method(run.req)
     gguf_search = scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp
     calib = None
-    if scheme.is_mixed or (method is PtqMethod.WEIGHTED and req.calib_data and gguf_search):
+    wants_data = method is PtqMethod.GPTQ or (method is PtqMethod.WEIGHTED and req.calib_data)
+    if scheme.is_mixed or (wants_data and gguf_search):
         calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calib_tokens)
     budget = None
     if scheme.is_mixed:

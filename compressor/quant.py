@@ -23,6 +23,7 @@ from compressor.errors import ConfigError
 class PtqMethod(StrEnum):
     RTN = "rtn"  # each type's reference rule (llama.cpp without an imatrix); what QAT trains through
     WEIGHTED = "weighted"  # importance-weighted scale search per block (ggml_search)
+    GPTQ = "gptq"  # the weighted search's scales, codes by GPTQ error compensation (stages/gptq.py)
 
 
 class ExportFormat(StrEnum):

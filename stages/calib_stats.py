@@ -30,10 +30,15 @@ def _inventory_names(model: nn.Module) -> dict[int, str]:
 
 
 @torch.no_grad()
-def input_importance(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[str, np.ndarray]:
-    """Inventory weight name -> mean x^2 per input column (float32, length in_features)."""
+def input_importance(
+    model: nn.Module, batches: Sequence[torch.Tensor], grams: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """Inventory weight name -> mean x^2 per input column (float32, length in_features).
+
+    ``grams``: when given, filled with each layer's mean input Gram matrix X^T X / n (for GPTQ)."""
     by_id = _inventory_names(model)
     sums: dict[str, torch.Tensor] = {}
+    outer: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
     def hook(name: str) -> Any:
@@ -41,6 +46,8 @@ def input_importance(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])  # (tokens, in_features)
             sums[name] = sums.get(name, 0) + (x * x).sum(0)
             counts[name] = counts.get(name, 0) + x.shape[0]
+            if grams is not None:
+                outer[name] = outer.get(name, 0) + x.double().T @ x.double()  # (in, in)
 
         return collect
 
@@ -56,6 +63,8 @@ def input_importance(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[
     finally:
         for h in handles:
             h.remove()
+    if grams is not None:
+        grams.update({n: (g / counts[n]).numpy() for n, g in outer.items()})
     return {n: (s / counts[n]).numpy().astype(np.float32) for n, s in sums.items()}
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from compressor.artifact import weight_inventory
-from compressor.ggml_types import quantize_tensor
+from compressor.ggml_search import weighted_quantize
+from compressor.ggml_types import Blocks, dequantize
 from compressor.quant import GGML_BITS, TensorRole
 
 
@@ -29,6 +30,7 @@ class Option:
     kind: str
     size_bytes: float
     kl: float  # predicted KL increase per token if only this tensor were quantized this way
+    blocks: Blocks | None = None  # the quantized tensor itself, reused when this option is chosen
 
 
 def tensor_options(
@@ -50,9 +52,10 @@ def tensor_options(
         for kind in allowed:
             if w.shape[1] % 32:
                 continue
-            _, deq = quantize_tensor(kind, x, importance.get(w.name), search=True)
+            blocks = weighted_quantize(kind, x, importance.get(w.name))
+            deq = dequantize(blocks).reshape(x.shape)
             kl = 0.5 * float((f * (deq - x) ** 2).sum(dtype=np.float64)) / tokens
-            opts.append(Option(kind, w.numel * GGML_BITS[kind] / 8, kl))
+            opts.append(Option(kind, w.numel * GGML_BITS[kind] / 8, kl, blocks))
         if not opts:  # rows no block type can pack: F16
             opts.append(Option("F16", w.numel * 2.0, 0.0))
         out[w.name] = sorted(opts, key=lambda o: o.size_bytes)

@@ -22,11 +22,13 @@ from compressor import onnx_blocks
 from compressor.artifact import ModelArtifact, QuantizedTensor, weight_inventory
 from compressor.budget import effective_bits_per_weight, plan_tensors
 from compressor.errors import BudgetExceeded, ConfigError
-from compressor.ggml_types import quantize_tensor
-from compressor.quant import ExportFormat, PtqMethod, QuantScheme
+from compressor.ggml_search import weighted_quantize
+from compressor.ggml_types import Blocks, dequantize, pack, quantize_tensor
+from compressor.quant import ExportFormat, PtqMethod, QuantScheme, TensorRole
 from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult
 from stages.calib_stats import fisher_diagonal, input_importance
+from stages.gptq import GPTQ_TYPES, gptq_blocks
 from stages.mixed import allocate, tensor_options
 
 log = logging.getLogger(__name__)
@@ -64,11 +66,13 @@ def quantize_model(
     scheme: QuantScheme,
     importance: dict[str, np.ndarray] | None = None,
     search: bool = False,
+    done: dict[str, Blocks] | None = None,
 ) -> tuple[Any, dict[str, QuantizedTensor], QuantStats]:
     """Quantize ``model`` in place to ``scheme``; return it, the packed tensors and the stats.
 
     ``search``: importance-weighted scale search (GGUF types), weighted by ``importance`` (inventory
-    name -> mean squared input per column) where given; otherwise each type's reference rule."""
+    name -> mean squared input per column) where given; otherwise each type's reference rule.
+    ``done``: tensors already quantized (a mixed plan's chosen blocks), packed as they are."""
     inventory = weight_inventory(model)
     plans = plan_tensors(inventory, scheme)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -80,7 +84,11 @@ def quantize_model(
             continue
         p = params[w.name]
         imp = importance.get(w.name) if importance else None
-        data, deq = pack_weight(scheme, kind, p.detach().float().numpy(), imp, search)
+        if done and w.name in done and done[w.name].kind == kind:
+            blocks = done[w.name]
+            data, deq = pack(blocks).reshape(w.shape[0], -1), dequantize(blocks).reshape(w.shape)
+        else:
+            data, deq = pack_weight(scheme, kind, p.detach().float().numpy(), imp, search)
         restored = torch.from_numpy(deq)
         max_err = max(max_err, float((p.detach() - restored).abs().max()))
         with torch.no_grad():
@@ -116,12 +124,19 @@ class QuantizeStage:
         start = time.perf_counter()
         scheme, importance = ctx.scheme, None
         extra: dict[str, Any] = {}
-        if self.calibration and self.method is PtqMethod.WEIGHTED:
-            importance = input_importance(artifact.model, self.calibration)
+        grams: dict[str, np.ndarray] | None = {} if self.method is PtqMethod.GPTQ else None
+        if self.calibration and self.method is not PtqMethod.RTN:
+            importance = input_importance(artifact.model, self.calibration, grams)
+        done: dict[str, Blocks] = {}
         if scheme.is_mixed:
-            scheme, extra = self._choose_types(artifact.model, scheme, importance or {})
-        search = self.method is PtqMethod.WEIGHTED
-        model, packed, stats = quantize_model(artifact.model, scheme, importance, search)
+            scheme, extra, done = self._choose_types(artifact.model, scheme, importance or {})
+        if grams and scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp:
+            t0 = time.perf_counter()
+            done = _gptq_all(artifact.model, scheme, importance or {}, grams, done)
+            extra["gptq_seconds"] = round(time.perf_counter() - t0, 1)
+            extra["gptq_tensors"] = len(done)
+        search = self.method is not PtqMethod.RTN
+        model, packed, stats = quantize_model(artifact.model, scheme, importance, search, done)
         if stats.fallbacks:
             moves = Counter(f"{fb.requested}->{fb.effective}" for fb in stats.fallbacks)
             log.warning(
@@ -156,7 +171,7 @@ class QuantizeStage:
 
     def _choose_types(
         self, model: Any, scheme: QuantScheme, importance: dict[str, np.ndarray]
-    ) -> tuple[QuantScheme, dict[str, Any]]:
+    ) -> tuple[QuantScheme, dict[str, Any], dict[str, Blocks]]:
         """The mixed plan: Fisher sensitivities of every (tensor, type), then the knapsack."""
         if not self.calibration or self.budget_bytes is None:
             raise ConfigError("gguf:mixed needs calibration text and a size budget (--max-size-mib)")
@@ -182,10 +197,32 @@ class QuantizeStage:
             "mixed_seconds": round(time.perf_counter() - t0, 1),
             "fisher_sequences": min(len(self.calibration), FISHER_SEQUENCES),
         }
-        return scheme.with_overrides({n: o.kind for n, o in chosen.items()}), extra
+        blocks = {n: o.blocks for n, o in chosen.items() if o.blocks is not None}
+        return scheme.with_overrides({n: o.kind for n, o in chosen.items()}), extra, blocks
 
 
 FISHER_SEQUENCES = 8
+
+
+def _gptq_all(
+    model: Any,
+    scheme: QuantScheme,
+    importance: dict[str, np.ndarray],
+    grams: dict[str, np.ndarray],
+    done: dict[str, Blocks],
+) -> dict[str, Blocks]:
+    """GPTQ codes for every 2-D weight with a Gram matrix (not the embedding: it is also a lookup)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    plans = plan_tensors(weight_inventory(model), scheme)
+    out = dict(done)
+    for w in weight_inventory(model):
+        kind = plans[w.name].effective
+        if w.name not in grams or w.role is TensorRole.EMBEDDING or kind not in GPTQ_TYPES:
+            continue
+        x = params[w.name].detach().float().numpy()
+        start = done.get(w.name) or weighted_quantize(kind, x, importance.get(w.name))
+        out[w.name] = gptq_blocks(kind, x, grams[w.name], start)
+    return out
 
 
 def _group(name: str) -> str:
