@@ -85,6 +85,8 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
     def ours(name: str, *args: str) -> Callable[[], Path]:
         return lambda: compress_cli(ART / name, *args)
 
+    mixed = ["--quant", "gguf:mixed", "--mixed-types", MIXED_TYPES, "--max-size-mib", "87.5"]
+    mixed += ["--calib-data", *calib]
     long = ["--distill-minutes", str(minutes), "--distill-tokens", "100000000", "--distill-lr", "1e-4"]
     long += ["--calib-data", *calib]
     return [
@@ -144,20 +146,22 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             ours("ours-iq4_nl-weighted", "--quant", "gguf:IQ4_NL", "--calib-data", *calib),
         ),
         (
+            "ours gguf:IQ4_NL GPTQ",
+            "ours",
+            "ours-iq4_nl-gptq/model.gguf",
+            ours("ours-iq4_nl-gptq", "--quant", "gguf:IQ4_NL", "--ptq", "gptq", "--calib-data", *calib),
+        ),
+        (
+            "ours gguf:mixed <= 87.5 MiB + GPTQ",
+            "ours",
+            "ours-mixed-87.5-gptq/model.gguf",
+            ours("ours-mixed-87.5-gptq", *mixed, "--ptq", "gptq"),
+        ),
+        (
             "ours gguf:mixed <= 87.5 MiB",
             "ours",
             "ours-mixed-87.5/model.gguf",
-            ours(
-                "ours-mixed-87.5",
-                "--quant",
-                "gguf:mixed",
-                "--mixed-types",
-                MIXED_TYPES,
-                "--max-size-mib",
-                "87.5",
-                "--calib-data",
-                *calib,
-            ),
+            ours("ours-mixed-87.5", *mixed),
         ),
         (
             "ours onnx:int4",
@@ -225,7 +229,13 @@ def main() -> None:
             t = time.perf_counter()
             build()
             build_s = time.perf_counter() - t
-        row: dict[str, Any] = {"label": label, "family": family, "file": rel, "build_seconds": build_s}
+        row: dict[str, Any] = {
+            "label": label,
+            "family": family,
+            "file": rel,
+            "build_seconds": build_s,
+            "host": host(),
+        }
         for name, ids in sets.items():
             scores = evaluate(path, refs[name], ids)
             row["file_mib"] = scores.pop("file_mib")
@@ -248,8 +258,10 @@ def write(results: list[dict[str, Any]], minutes: float) -> None:
         "top-1 (teacher text)",
         "PPL (teacher text)",
     ]
+    here = host()
+    earlier = sorted({r.get("host", "an earlier run") for r in results} - {here})
     rows = [
-        [r["label"], round(r["file_mib"], 1)]
+        [r["label"] + ("" if r.get("host", "") == here else " †"), round(r["file_mib"], 1)]
         + [
             v
             for s in ("licenses", "teacher-text")
@@ -258,6 +270,11 @@ def write(results: list[dict[str, Any]], minutes: float) -> None:
         for r in results
     ]
     table = markdown_table(headers, rows)
+    if earlier:
+        table += (
+            f"\n\n† kept from an earlier run on {'; '.join(earlier)} (same texts; the teacher-text tokens "
+            "are re-sampled on each machine and may differ slightly)."
+        )
     print(f"\nSmolLM2-135M, {EVAL_TOKENS} held-out tokens per text, on {host()}\n\n{table}")
     points = [
         {"label": r["label"], "family": r["family"], "x": r["file_mib"], "y": r["licenses"]["mean_kl"]}
@@ -274,7 +291,8 @@ def merge_previous(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not path.is_file():
         return results
     new = {r["label"]: r for r in results}
-    old = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    old = [{"host": saved.get("host", "an earlier run"), **r} for r in saved["rows"]]
     merged = [new.pop(r["label"], r) for r in old]
     return merged + list(new.values())
 

@@ -20,6 +20,7 @@ from compressor.ggml_search import _nearest_iq4
 from compressor.ggml_types import IQ4NL_VALUES, Blocks
 
 GPTQ_TYPES = ("Q4_0", "Q5_0", "IQ4_NL", "Q8_0")
+DAMP_RATIO = 0.01  # added to H's diagonal, as a fraction of its mean: larger trusts the data less
 _OFFSET = {"Q4_0": 8, "Q5_0": 16}
 _LEVELS = {"Q4_0": (-8, 7), "Q5_0": (-16, 15), "Q8_0": (-127, 127)}
 
@@ -49,7 +50,7 @@ def gptq_blocks(kind: str, w: np.ndarray, gram: np.ndarray, start: Blocks, block
     W[:, dead] = 0.0
     perm = torch.argsort(torch.diag(H), descending=True)
     W, H = W[:, perm], H[perm][:, perm]
-    H += 0.01 * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    H += DAMP_RATIO * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     codes = torch.zeros((rows, cols), dtype=torch.int64)
     for i1 in range(0, cols, block):

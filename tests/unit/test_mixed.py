@@ -86,3 +86,14 @@ def test_bad_mixed_and_ptq_options(
     args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), *extra]
     assert main(args) == ExitCode.BAD_INPUT
     assert needle in capsys.readouterr().err and not out.exists()
+
+
+def test_gptq_through_the_cli(tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+    args += ["--quant", "gguf:IQ4_NL", "--ptq", "gptq", "--calib-data", str(LICENSE_TEXT)]
+    assert main(args) == 0  # the exported file validated against the torch model in llama.cpp
+    report = json.loads((out / "report.json").read_text())
+    quant = next(s for s in report["stages"] if s["stage"].startswith("quantize"))
+    assert quant["summary"]["ptq"] == "gptq" and quant["summary"]["gptq_tensors"] == 2 * 7
+    assert quant["summary"]["tensors_by_type"]["IQ4_NL"] == 2 * 7  # the tied embedding: Q8_0
