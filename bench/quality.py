@@ -137,13 +137,15 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             "ours gguf:Q4_0 weighted",
             "ours",
             "ours-q4_0-weighted/model.gguf",
-            ours("ours-q4_0-weighted", "--quant", "gguf:Q4_0", "--calib-data", *calib),
+            ours("ours-q4_0-weighted", "--quant", "gguf:Q4_0", "--ptq", "weighted", "--calib-data", *calib),
         ),
         (
             "ours gguf:IQ4_NL weighted",
             "ours",
             "ours-iq4_nl-weighted/model.gguf",
-            ours("ours-iq4_nl-weighted", "--quant", "gguf:IQ4_NL", "--calib-data", *calib),
+            ours(
+                "ours-iq4_nl-weighted", "--quant", "gguf:IQ4_NL", "--ptq", "weighted", "--calib-data", *calib
+            ),
         ),
         (
             "ours gguf:IQ4_NL GPTQ",
@@ -152,16 +154,16 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             ours("ours-iq4_nl-gptq", "--quant", "gguf:IQ4_NL", "--ptq", "gptq", "--calib-data", *calib),
         ),
         (
-            "ours gguf:mixed <= 87.5 MiB + GPTQ",
+            "ours gguf:mixed <= 87.5 MiB, GPTQ (default)",
             "ours",
             "ours-mixed-87.5-gptq/model.gguf",
-            ours("ours-mixed-87.5-gptq", *mixed, "--ptq", "gptq"),
+            ours("ours-mixed-87.5-gptq", *mixed),
         ),
         (
-            "ours gguf:mixed <= 87.5 MiB",
+            "ours gguf:mixed <= 87.5 MiB, weighted",
             "ours",
             "ours-mixed-87.5/model.gguf",
-            ours("ours-mixed-87.5", *mixed),
+            ours("ours-mixed-87.5", *mixed, "--ptq", "weighted"),
         ),
         (
             "ours onnx:int4",

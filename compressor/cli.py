@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how weights are rounded: 'weighted' searches each block's scale, weighted by the input "
         "importance measured on --calib-data when given; 'rtn' is each type's reference rule (what "
         "llama.cpp does without an imatrix); 'gptq' keeps the weighted scales and picks codes by GPTQ "
-        "error compensation on the calibration activations; auto: weighted, rtn under --qat",
+        "error compensation on the calibration activations; auto: gptq with calibration text "
+        "(--calib-data, or gguf:mixed), else weighted; rtn under --qat",
     )
     c.add_argument(
         "--mixed-types",
@@ -123,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=".txt/.jsonl text for calibration (default: text sampled from the model)",
     )
-    g.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens (default 2048)")
+    g.add_argument(
+        "--calib-tokens",
+        type=int,
+        help="calibration tokens (default 16384 of --calib-data files, 2048 of teacher-written text)",
+    )
     d = c.add_argument_group("distillation")
     d.add_argument(
         "--distill", action="store_true", help="heal the (pruned) student against the float teacher"

@@ -29,7 +29,16 @@ class CompressRequest(BaseModel):
     prune: str | None = None  # "auto", or e.g. "heads=6,kv_heads=3,mlp=1024,layers=24"
     prune_importance: str = "activation"
     calib_data: list[Path] = []  # .txt / .jsonl; none: text sampled from the teacher
-    calib_tokens: Annotated[int, Field(ge=64, le=1_000_000)] = 2048
+    # None: 16384 tokens of the user's files (PTQ statistics, GPTQ), 2048 of teacher-written text
+    # (sampling it is slow on a CPU).
+    calib_tokens: Annotated[int | None, Field(ge=64, le=1_000_000)] = None
+
+    @property
+    def calibration_tokens(self) -> int:
+        if self.calib_tokens is not None:
+            return self.calib_tokens
+        return 16384 if self.calib_data else 2048
+
     distill: bool = False  # heal the (pruned) student against the float teacher
     qat: bool = False  # distill through the first target scheme's exact quantizer
     distill_tokens: Annotated[int, Field(ge=256, le=10**12)] = 32_768

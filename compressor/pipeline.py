@@ -321,10 +321,14 @@ def _run_target(
         run.final_checks += checks
 
 
-def ptq_method(req: CompressRequest) -> PtqMethod:
-    """--ptq auto: the weighted search, except under QAT, which trains through the reference rule."""
+def ptq_method(req: CompressRequest, schemes: list[QuantScheme]) -> PtqMethod:
+    """--ptq auto: GPTQ when there is calibration text (the user's, or a mixed plan's), else the
+    weighted search; under QAT the reference rule it trained through."""
     if req.ptq == "auto":
-        return PtqMethod.RTN if req.qat else PtqMethod.WEIGHTED
+        if req.qat:
+            return PtqMethod.RTN
+        mixed = any(s.is_mixed for s in schemes)
+        return PtqMethod.GPTQ if (req.calib_data or mixed) else PtqMethod.WEIGHTED
     return PtqMethod(req.ptq)
 
 
@@ -334,12 +338,12 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
     from compressor.calibration import calibration_ids
     from stages.quantize import QuantizeStage
 
-    req, scheme, method = run.req, ctx.scheme, ptq_method(run.req)
+    req, scheme, method = run.req, ctx.scheme, ptq_method(run.req, run.schemes)
     gguf_search = scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp
     calib = None
     wants_data = method is PtqMethod.GPTQ or (method is PtqMethod.WEIGHTED and req.calib_data)
     if scheme.is_mixed or (wants_data and gguf_search):
-        calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calib_tokens)
+        calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calibration_tokens)
     budget = None
     if scheme.is_mixed:
         from exporters.gguf import overhead_bytes
@@ -384,7 +388,9 @@ def _run_prune(
 
     config, why = prune
     with progress("prune", "measuring importance on calibration text and pruning"):
-        batches, heldout, source = calibration_ids(artifact, list(run.req.calib_data), run.req.calib_tokens)
+        batches, heldout, source = calibration_ids(
+            artifact, list(run.req.calib_data), run.req.calibration_tokens
+        )
         stage = PruneStage(config, batches, heldout, _row_multiple(run.schemes), why)
         result = stage.run(artifact, StageContext(profile=run.profile, scheme=run.schemes[0]))
     result.report.summary["calibration_source"] = source

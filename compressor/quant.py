@@ -128,7 +128,8 @@ class QuantScheme(BaseModel):
     @property
     def name(self) -> str:
         if self.is_mixed:
-            return f"gguf:mixed[{','.join(self.mixed_types)}]"
+            types = "" if self.mixed_types == DEFAULT_MIXED_TYPES else f"[{','.join(self.mixed_types)}]"
+            return f"gguf:mixed{types}"
         kind = self.weight_type
         if self.format is ExportFormat.ONNX and kind != "fp32":
             kind += "" if self.symmetric else "-asym"
