@@ -15,6 +15,7 @@ from compressor.device_profile import DeviceProfile, load_profile
 from compressor.errors import ExitCode, InputError, ModelLoadError, require
 from compressor.loading import read_gguf_fields, sha256_file
 from compressor.package import MANIFEST, REPORTS, ManifestFile, ManifestFiles
+from compressor.paths import unreachable
 from compressor.report import Outcome, RunReport
 
 MODEL_SUFFIXES = (".gguf", ".onnx")
@@ -25,13 +26,8 @@ class TamperError(InputError):
 
 
 def _stat_problem(root: Path) -> str | None:
-    try:
-        root.stat()
-    except OSError as exc:
-        if root.is_symlink():
-            return f"{root} is a broken symlink or a symlink loop ({exc.strerror})"
-        return f"artifact {root} does not exist"
-    return None
+    why = unreachable(root)
+    return None if why is None else f"artifact {root} {why}"
 
 
 def find_models(root: Path) -> tuple[list[Path], list[str]]:

@@ -17,6 +17,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.errors import ProfileError
+from compressor.paths import unreachable
 
 # Upper bounds are physical sense, not taste: they catch a typo (1e18 tokens, "inf" GB/s) at load time
 # instead of deep inside a runtime. Each is far beyond any device this tool targets.
@@ -157,15 +158,13 @@ def parse_profile(text: str, origin: str) -> DeviceProfile:
 
 def _read_text(path: Path) -> str:
     """A profile file's text, or a ProfileError saying exactly why it cannot be read."""
+    if (why := unreachable(path)) is not None:
+        raise ProfileError(f"device profile file {path} {why}")
+    if path.is_dir():
+        raise ProfileError(f"device profile {path} is a directory; give a .toml file")
     try:
         raw = path.read_bytes()
-    except IsADirectoryError:
-        raise ProfileError(f"device profile {path} is a directory; give a .toml file") from None
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError) and not path.is_symlink():
-            raise ProfileError(f"device profile file {path} does not exist") from None
-        if path.is_symlink():
-            raise ProfileError(f"device profile {path} is a broken symlink or a symlink loop") from None
         raise ProfileError(f"device profile file {path} cannot be read: {exc.strerror or exc}") from None
     try:
         return raw.decode("utf-8")

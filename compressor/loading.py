@@ -15,6 +15,7 @@ from typing import Any
 
 from compressor.artifact import ModelArtifact, ModelSource, SourceKind, facts_from_config
 from compressor.errors import InputError, MissingDependency, ModelLoadError
+from compressor.paths import unreachable
 from compressor.vocab import (
     GGUFVocab,
     hf_tokenizer_from_vocab,
@@ -52,15 +53,11 @@ def resolve_source(spec: str) -> ModelSource:
     if spec in BUILTIN_MODELS:
         return ModelSource(kind=SourceKind.BUILTIN, path=str(builtin_path(spec)), name=spec)
     path = Path(spec)
-    try:
-        path.stat()
-    except OSError as exc:
-        if path.is_symlink():
-            raise InputError(
-                f"model '{spec}' is a broken symlink or a symlink loop ({exc.strerror}); "
-                "point at the real file or directory"
-            ) from None
-        raise InputError(  # noqa: B904 (the OSError says nothing more)
+    why = unreachable(path)
+    if why is not None and path.is_symlink():
+        raise InputError(f"model '{spec}' {why}; point at the real file or directory")
+    if why is not None:
+        raise InputError(
             f"model '{spec}' not found: it is neither an existing path nor a built-in model "
             f"(built-in: {', '.join(BUILTIN_MODELS)})"
         )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from compressor.errors import InputError
+from compressor.paths import unreachable
 
 PROMPTS = [
     "Explain how a refrigerator keeps food cold.",
@@ -38,12 +39,8 @@ Doc = str | list[Any]  # plain text, or chat messages to render with the model's
 
 def _path_problem(path: Path) -> str | None:
     """Why ``path`` cannot be read as a data file, or None."""
-    try:
-        path.stat()
-    except OSError as exc:
-        if path.is_symlink():
-            return f"{path}: a broken symlink or a symlink loop ({exc.strerror})"
-        return f"{path}: no such file"
+    if (why := unreachable(path)) is not None:
+        return f"{path}: {why}"
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if p.is_file())[:8]
         listed = f" (it holds: {', '.join(inside)})" if inside else " (it holds no files)"
