@@ -52,6 +52,19 @@ def write_report() -> Path:
             "![size vs KL](pareto.svg)",
             "",
         ]
+    sens = _load("sensitivity")
+    if sens:
+        parts += [
+            "## Does the mixed plan's sensitivity rank tensors like the real KL? (`bench.sensitivity`)",
+            "",
+            f"Measured on {sens['host']}: each tensor alone quantized to {sens['kind']} (weighted search);",
+            "predicted = 0.5 x sum(Fisher x error^2) per token from 8 calibration sequences, measured =",
+            "mean KL to the float model on 1,024 held-out tokens in torch. Spearman rank correlation",
+            f"**{sens['spearman']:.3f}**.",
+            "",
+            sens["table"],
+            "",
+        ]
     if speed:
         parts += [
             "## Decode speed against the memory-bandwidth roofline",

@@ -48,7 +48,8 @@ def main() -> None:
     importance = input_importance(model, batches)
     fisher, tokens = fisher_diagonal(model, batches)
     inv = [w for w in weight_inventory(model) if w.role is not TensorRole.NORM]
-    pick = [inv[i] for i in np.linspace(0, len(inv) - 1, args.tensors).astype(int)]
+    # a stride coprime with the 7 matrices of a layer: every role, early to late layers
+    pick = [inv[(i * 13) % len(inv)] for i in range(args.tensors)]
     params = dict(model.named_parameters())
     rows = []
     for w in pick:
