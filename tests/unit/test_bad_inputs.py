@@ -132,11 +132,11 @@ def test_a_planted_checkpoint_never_runs_and_is_a_clear_error(
 def test_a_checkpoint_from_other_settings_is_refused(sandbox: Path, capsys) -> None:
     from compressor.checkpoint import save_checkpoint
     from compressor.config import CompressRequest
-    from compressor.pipeline import _fingerprint, checkpoint_path
+    from compressor.inputs import checkpoint_path, fingerprint
 
     other = CompressRequest(model=str(sandbox / "model"), out=sandbox / "out", distill_lr=1e-3)
     state = {"student": {}, "optimizer": {}, "step": 3, "tokens": 6144, "history": []}
-    save_checkpoint(checkpoint_path(sandbox / "out"), state, _fingerprint(other))
+    save_checkpoint(checkpoint_path(sandbox / "out"), state, fingerprint(other))
     args = compress(sandbox, "--distill", "--resume", "--calib-data", str(sandbox / "calib.txt"))
     refuse(args, sandbox, capsys, ExitCode.BAD_INPUT, "other settings", "distill_lr")
 
