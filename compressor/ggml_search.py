@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compressor.ggml_types import IQ4NL_VALUES, REFERENCE, Blocks
+from compressor.ggml_types import IQ4NL_VALUES, REFERENCE, Blocks, signed_max
 
 F32 = np.float32
 _MIDS = ((IQ4NL_VALUES[:-1] + IQ4NL_VALUES[1:]) / 2).astype(F32)  # exact half-integers
@@ -31,13 +31,6 @@ def _nearest_iq4(v: np.ndarray) -> np.ndarray:
     """llama.cpp's best_index_int8: the nearest table entry, ties to the upper one."""
     k = np.floor(np.clip(v, _LUT_LO / 2, -_LUT_LO / 2 - 1) * F32(2.0)).astype(np.int32) - _LUT_LO
     return _LUT[k]
-
-
-def _signed_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mag = np.abs(x)
-    idx = np.argmax(mag, axis=1)
-    amax = mag.max(axis=1)
-    return np.where(amax > 0, x[np.arange(len(x)), idx], F32(0.0)).astype(F32), amax
 
 
 def _seq_sum(terms: np.ndarray) -> np.ndarray:
@@ -66,7 +59,7 @@ def search_iq4_nl(w: np.ndarray, importance: np.ndarray | None) -> Blocks:
     else:
         sigma2 = (_seq_sum((x * x).astype(F32)) * F32(2.0 / 32)).astype(F32)
         weight = (_column_weights(w, importance) * np.sqrt(sigma2[:, None] + x * x)).astype(F32)
-    mx, amax = _signed_max(x)
+    mx, amax = signed_max(x)
     safe = np.where(amax >= F32(1e-15), mx, F32(1.0))  # zero blocks: computed, then discarded
 
     def fit(inv_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +92,7 @@ def search_qx(kind: str, w: np.ndarray, importance: np.ndarray | None) -> Blocks
     x = xr.reshape(-1, 32)
     s2 = np.repeat(sigma2, cols // 32)[:, None]
     weight = (_column_weights(w, importance) * np.sqrt(s2 + x * x)).astype(F32)
-    mx, amax = _signed_max(x)
+    mx, amax = signed_max(x)
     live = amax >= F32(1e-15)
     safe = np.where(live, mx, F32(1.0))
 

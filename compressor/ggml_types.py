@@ -47,16 +47,19 @@ def _inv(d: np.ndarray) -> np.ndarray:
         return np.where(d != 0, F32(1.0) / d, F32(0.0)).astype(F32)
 
 
-def _signed_max(x: np.ndarray, mag: np.ndarray) -> np.ndarray:
-    """Signed value of the first element of strictly largest magnitude; +0.0 for an all-zero block."""
+def signed_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(signed value of the first element of strictly largest magnitude, +0.0 for an all-zero block;
+    that magnitude) per block."""
+    mag = np.abs(x)
     idx = np.argmax(mag, axis=1)
-    return np.where(mag.max(axis=1) > 0, x[np.arange(x.shape[0]), idx], F32(0.0)).astype(F32)
+    amax = mag.max(axis=1)
+    return np.where(amax > 0, x[np.arange(x.shape[0]), idx], F32(0.0)).astype(F32), amax
 
 
 def quantize_q5_0(x: np.ndarray) -> Blocks:
     """``quantize_row_q5_0_ref``: d = max/-16, code = min(31, trunc(x*id + 16.5))."""
     x = gb._blocks(x)
-    d = (_signed_max(x, np.abs(x)) / F32(-16.0)).astype(F32)
+    d = (signed_max(x)[0] / F32(-16.0)).astype(F32)
     shifted = (x * _inv(d)[:, None]).astype(F32) + F32(16.5)
     return Blocks("Q5_0", d.astype(np.float16), np.minimum(31, np.trunc(shifted)).astype(np.uint8))
 
