@@ -1,4 +1,9 @@
-"""The pruning stage adapter: prune, then measure what it cost on held-out text."""
+"""The pruning stage adapter: prune, refit the output projections, measure what it cost on held-out text.
+
+``heldout_kl_before_refit`` is the KL to the unpruned model straight after slicing;
+``heldout_kl_to_unpruned`` (and the perplexity/agreement figures) are the final ones, after the refit
+when ``refit`` is on.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult
 from stages.prune import prune_model
 from stages.prune_config import PruneConfig
+from stages.prune_refit import refit_outputs
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class PruneStage:
     row_multiple: int = 32
     why: dict[str, Any] = field(default_factory=dict)  # how --prune auto chose the config
     name: str = "prune"
+    refit: bool = True  # least-squares refit of o_proj/down_proj to the teacher (stages/prune_refit.py)
 
     def run(self, artifact: ModelArtifact, ctx: StageContext) -> StageResult:
         start = time.perf_counter()
@@ -33,6 +40,15 @@ class PruneStage:
         student = copy.deepcopy(teacher)
         student, stats = prune_model(student, self.config, self.calibration, self.row_multiple)
         after = compare(student, teacher, self.heldout)
+        refit: dict[str, Any] = {"refit": None}  # None: not asked for
+        if self.refit:
+            refit = {
+                "heldout_kl_before_refit": round(after["mean_kl"], 5),
+                "heldout_perplexity_before_refit": round(after["perplexity"], 3),
+            }
+            fit = refit_outputs(student, teacher, self.calibration, teacher_layers=stats.kept_layers)
+            after = compare(student, teacher, self.heldout)
+            refit |= {"refit_seconds": fit["seconds"], "refit": fit}
         n_params = sum(p.numel() for p in student.parameters())
         facts = facts_from_config(student.config, n_params, artifact.facts.architecture)
         summary = {
@@ -43,6 +59,7 @@ class PruneStage:
             "heldout_perplexity_after": round(after["perplexity"], 3),
             "heldout_kl_to_unpruned": round(after["mean_kl"], 5),
             "heldout_top1_agreement": round(after["top1_agreement"], 4),
+            **refit,
             **({"auto": self.why} if self.why else {}),
         }
         report = StageReport(stage=self.name, seconds=time.perf_counter() - start, summary=summary)
