@@ -27,6 +27,11 @@ EVAL_TOKENS = 1024
 # SmolLM2's float teacher is its packaged Q4_1 GGUF dequantized: Q4_1/Q5_1 would reproduce it almost
 # exactly for that reason alone (FIELD-NOTES), so the mixed rows may not use them.
 MIXED_TYPES = "IQ4_NL,Q4_0,Q5_0,Q8_0"
+# onnxruntime's GPTQ runs the whole model once per MatMul input per calibration sequence (121 x 16
+# prefills on SmolLM2, ~12 min on 2 cores): 4096 tokens, a quarter of what our CLI calibrates on.
+# In onnxruntime 1.32 it propagates no error and writes its RTN asymmetric blocks (peers.ort_int4_gptq).
+ORT_GPTQ_SEQUENCES = 16
+ORT_GPTQ_SEQ_LEN = 256
 
 
 def compress_cli(out: Path, *args: str) -> Path:
@@ -121,6 +126,24 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             lambda: peers.ort_int4(fp32_onnx, ART / "ort-int4" / "model.onnx"),
         ),
         (
+            "onnxruntime int4 HQQ",
+            "onnxruntime",
+            "ort-int4-hqq/model.onnx",
+            lambda: peers.ort_int4_hqq(fp32_onnx, ART / "ort-int4-hqq" / "model.onnx"),
+        ),
+        (
+            f"onnxruntime int4 GPTQ ({ORT_GPTQ_SEQUENCES}x{ORT_GPTQ_SEQ_LEN} calibration tokens)",
+            "onnxruntime",
+            "ort-int4-gptq/model.onnx",
+            lambda: peers.ort_int4_gptq(
+                fp32_onnx,
+                ART / "ort-int4-gptq" / "model.onnx",
+                token_ids(art.tokenizer, TRAIN_DOCS),
+                seq_len=ORT_GPTQ_SEQ_LEN,
+                sequences=ORT_GPTQ_SEQUENCES,
+            ),
+        ),
+        (
             "onnxruntime int8 dynamic",
             "onnxruntime",
             "ort-int8/model.onnx",
@@ -170,6 +193,34 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             "ours",
             "ours-onnx-int4/onnx/model.onnx",
             ours("ours-onnx-int4", "--quant", "onnx:int4"),
+        ),
+        (
+            "ours onnx:int4 weighted",
+            "ours",
+            "ours-onnx-int4-weighted/onnx/model.onnx",
+            ours(
+                "ours-onnx-int4-weighted", "--quant", "onnx:int4", "--ptq", "weighted", "--calib-data", *calib
+            ),
+        ),
+        (
+            "ours onnx:int4 GPTQ",
+            "ours",
+            "ours-onnx-int4-gptq/onnx/model.onnx",
+            ours("ours-onnx-int4-gptq", "--quant", "onnx:int4", "--ptq", "gptq", "--calib-data", *calib),
+        ),
+        (
+            "ours onnx:int4-asym GPTQ",
+            "ours",
+            "ours-onnx-int4-asym-gptq/onnx/model.onnx",
+            ours(
+                "ours-onnx-int4-asym-gptq",
+                "--quant",
+                "onnx:int4-asym",
+                "--ptq",
+                "gptq",
+                "--calib-data",
+                *calib,
+            ),
         ),
         (
             f"ours gguf:Q4_0 QAT ({minutes:g} min)",

@@ -79,6 +79,15 @@ class QuantizedTensor:
 
 
 @dataclass(frozen=True)
+class LearnedQuant:
+    """The blocks QAT trained for one scheme (a mixed plan already resolved): weight name -> ggml
+    ``Blocks`` with the trained scales and codes."""
+
+    scheme: QuantScheme
+    blocks: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ModelArtifact:
     model: Any  # transformers PreTrainedModel (kept Any so core does not import torch types eagerly)
     tokenizer: Any  # transformers PreTrainedTokenizerFast
@@ -91,6 +100,7 @@ class ModelArtifact:
     # the HF tokenizer. Exporters write it; the HF tokenizer above tokenizes identically.
     vocab: GGUFVocab | None = None
     lineage: tuple[str, ...] = ()
+    learned: LearnedQuant | None = None  # blocks QAT trained; the quantize stage writes them as they are
 
     def evolve(self, step: str, **changes: Any) -> ModelArtifact:
         return dataclasses.replace(self, lineage=(*self.lineage, step), **changes)

@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "IQ4_NL,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0); each tensor's type is chosen to fit --max-size-mib",
     )
     c.add_argument(
+        "--bits-per-weight",
+        type=float,
+        metavar="B",
+        help="with --quant gguf:mixed: fit the matrices to B bits per weight on average (4.5-8.5) "
+        "instead of the size budget",
+    )
+    c.add_argument(
         "--embedding-type",
         help="type of the (tied) embedding/output, e.g. Q8_0 (default: Q8_0 for 4-bit schemes)",
     )
@@ -136,7 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--qat", action="store_true", help="distill through the first --quant scheme's exact quantizer"
     )
-    d.add_argument("--distill-tokens", type=int, default=32768, help="tokens to train on (default 32768)")
+    d.add_argument(
+        "--qat-codes",
+        choices=["follow", "frozen"],
+        default="follow",
+        help="QAT on GGUF types trains each block's scale (initialised from PTQ); 'follow': the codes "
+        "follow the trained weights; 'frozen': PTQ's codes stay, only scales and norms train (cheaper)",
+    )
+    d.add_argument(
+        "--qat-scale-lr",
+        type=float,
+        default=1e-3,
+        help="peak learning rate of the learned scales (relative step per update; default 1e-3)",
+    )
+    d.add_argument(
+        "--distill-tokens",
+        type=int,
+        help="tokens to train on (default 32768; no limit when --distill-minutes is given)",
+    )
     d.add_argument("--distill-minutes", type=float, help="stop after this many minutes")
     d.add_argument("--distill-loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "skew_kl"])
     d.add_argument("--distill-lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 PositiveOpt = Annotated[float | None, Field(gt=0, allow_inf_nan=False)]
 
 
+DEFAULT_DISTILL_TOKENS = 32_768
+
+
 class CompressRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     model: str = "smollm2-135m"
@@ -20,6 +23,8 @@ class CompressRequest(BaseModel):
     embedding_type: str | None = None
     ptq: Literal["auto", "rtn", "weighted", "gptq"] = "auto"  # auto: weighted, except rtn under --qat
     mixed_types: str | None = None  # gguf:mixed: comma-separated types (default: every type we pack)
+    # gguf:mixed: average bits per weight of the quantized matrices (instead of a size budget)
+    bits_per_weight: Annotated[float | None, Field(ge=4.5, le=8.5, allow_inf_nan=False)] = None
     onnx_accuracy_level: Annotated[int, Field(ge=0, le=4)] = 4
     mobile: bool = False  # also write the ORT format (.ort) for onnxruntime-mobile
     max_size_mib: PositiveOpt = None
@@ -41,7 +46,12 @@ class CompressRequest(BaseModel):
 
     distill: bool = False  # heal the (pruned) student against the float teacher
     qat: bool = False  # distill through the first target scheme's exact quantizer
-    distill_tokens: Annotated[int, Field(ge=256, le=10**12)] = 32_768
+    # QAT on GGUF types learns each block's scale; "follow": codes follow the trained weights,
+    # "frozen": the PTQ codes stay and only scales, offsets and norms train.
+    qat_codes: Literal["follow", "frozen"] = "follow"
+    qat_scale_lr: Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)] = 1e-3
+    # None: 32768, or no token limit when --distill-minutes bounds the run.
+    distill_tokens: Annotated[int | None, Field(ge=256, le=10**12)] = None
     distill_minutes: Annotated[float | None, Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False)] = None
     distill_loss: str = "forward_kl"
     distill_lr: Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)] = 5e-5
@@ -50,6 +60,13 @@ class CompressRequest(BaseModel):
     force: bool = False  # replace a non-empty output directory
     trust_remote_code: bool = False
     validate_tokens: Annotated[int, Field(ge=16, le=2048)] = 128
+
+    @property
+    def train_tokens(self) -> int | None:
+        """The token limit of distillation (None: the minutes alone bound it)."""
+        if self.distill_tokens is not None:
+            return self.distill_tokens
+        return None if self.distill_minutes else DEFAULT_DISTILL_TOKENS
 
     def budget_overrides(self) -> dict[str, float | None]:
         return {

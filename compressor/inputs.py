@@ -61,20 +61,26 @@ def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantSchem
             f"--qat trains through an exact fake quantizer, which {schemes[0].name} has none of "
             f"(llama.cpp quantizes it itself); use one of: {', '.join(trainable)}"
         )
-    if req.qat and req.ptq in (PtqMethod.WEIGHTED, PtqMethod.GPTQ):
-        raise ConfigError("--qat trains through the reference rounding rule; use --ptq rtn (or auto) with it")
-    if any(s.is_mixed for s in schemes) and profile.budgets.max_size_mib is None:
+    if req.qat and not schemes[0].learns_scales and req.ptq in (PtqMethod.WEIGHTED, PtqMethod.GPTQ):
         raise ConfigError(
-            f"gguf:mixed fits a size: give --max-size-mib, or a profile with budgets.max_size_mib "
-            f"('{profile.name}' has none)"
+            f"--qat on {schemes[0].name} trains through the reference rounding rule; use --ptq rtn "
+            "(or auto) with it"
         )
+    mixed = any(s.is_mixed for s in schemes)
+    if mixed and profile.budgets.max_size_mib is None and req.bits_per_weight is None:
+        raise ConfigError(
+            f"gguf:mixed fits a size: give --max-size-mib or --bits-per-weight, or a profile with "
+            f"budgets.max_size_mib ('{profile.name}' has none)"
+        )
+    if req.bits_per_weight is not None and not mixed:
+        raise ConfigError("--bits-per-weight applies to --quant gguf:mixed only")
     if req.mixed_types and not any(s.is_mixed for s in schemes):
         raise ConfigError("--mixed-types applies to --quant gguf:mixed only")
     if req.resume and not (req.distill or req.qat):
         raise ConfigError("--resume continues a distillation; add --distill or --qat")
     cfg = DistillConfig()
     batch_tokens = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    if (req.distill or req.qat) and req.distill_tokens < batch_tokens:
+    if (req.distill or req.qat) and req.distill_tokens is not None and req.distill_tokens < batch_tokens:
         raise ConfigError(
             f"--distill-tokens {req.distill_tokens} is less than one training batch "
             f"({cfg.batch_size} x {cfg.seq_len} = {batch_tokens} tokens); give at least {batch_tokens}"
@@ -94,9 +100,10 @@ def input_paths(req: CompressRequest) -> tuple[Path, ...]:
 
 def ptq_method(req: CompressRequest, schemes: list[QuantScheme]) -> PtqMethod:
     """--ptq auto: GPTQ when there is calibration text (the user's, or a mixed plan's), else the
-    weighted search; under QAT the reference rule it trained through."""
+    weighted search (QAT with learned scales starts from it); under QAT through the reference rule
+    (ONNX), that rule."""
     if req.ptq == "auto":
-        if req.qat:
+        if req.qat and not schemes[0].learns_scales:
             return PtqMethod.RTN
         mixed = any(s.is_mixed for s in schemes)
         return PtqMethod.GPTQ if (req.calib_data or mixed) else PtqMethod.WEIGHTED
@@ -117,6 +124,13 @@ def fingerprint(req: CompressRequest) -> dict[str, Any]:
         "formats": req.formats,
         "embedding_type": req.embedding_type,
         "qat": req.qat,
+        "qat_codes": req.qat_codes,
+        "qat_scale_lr": req.qat_scale_lr,
+        "ptq": req.ptq,
+        "mixed_types": req.mixed_types,
+        "max_size_mib": req.max_size_mib,
+        "bits_per_weight": req.bits_per_weight,
+        "device": req.device,
         "distill_tokens": req.distill_tokens,
         "distill_loss": req.distill_loss,
         "distill_lr": req.distill_lr,

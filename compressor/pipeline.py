@@ -41,7 +41,7 @@ from compressor.inputs import (
 )
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
-from compressor.quant import ExportFormat, PtqMethod, QuantScheme
+from compressor.quant import PtqMethod, QuantScheme
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 from stages import prune_auto
@@ -87,6 +87,7 @@ class Run:
         self.measured: dict[str, dict[str, Any]] = {}
         self.final_checks: list[BudgetCheck] = []
         self.files: dict[str, str] = {}
+        self.learned_summary: dict[str, Any] = {}  # the mixed plan QAT trained through, for its report
 
     def report(self, outcome: Outcome, code: ExitCode, message: str | None = None) -> RunReport:
         return RunReport(
@@ -218,7 +219,16 @@ def _run_target(
         work = (
             artifact.evolve("copy", model=copy.deepcopy(artifact.model)) if len(run.schemes) > 1 else artifact
         )
-        result = _quantize_stage(run, work, ctx).run(work, ctx)
+        learned = artifact.learned
+        if learned is not None and ctx.scheme == run.schemes[0]:  # QAT's blocks, written as trained
+            from stages.quantize import QuantizeStage
+
+            stage = QuantizeStage(
+                learned=learned.blocks, learned_scheme=learned.scheme, learned_summary=run.learned_summary
+            )
+        else:
+            stage = _quantize_stage(run, work, ctx)
+        result = stage.run(work, ctx)
     result.report.stage = f"quantize[{name}]"
     run.stages.append(result.report)
     project_after(result.artifact, ctx, result.report)
@@ -257,20 +267,24 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
     from stages.quantize import QuantizeStage
 
     req, scheme, method = run.req, ctx.scheme, ptq_method(run.req, run.schemes)
-    gguf_search = scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp
+    searchable = not scheme.delegated_to_llama_cpp and scheme.weight_type != "fp32"
     calib = None
     wants_data = method is PtqMethod.GPTQ or (method is PtqMethod.WEIGHTED and req.calib_data)
-    if scheme.is_mixed or (wants_data and gguf_search):
+    if scheme.is_mixed or (wants_data and searchable):
         calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calibration_tokens)
     budget = None
     if scheme.is_mixed:
         from exporters.gguf import overhead_bytes
 
         limit = ctx.profile.budgets.max_size_mib
-        if limit is None:  # resolve_inputs already refuses this; kept for library callers
-            raise ConfigError("gguf:mixed needs a size budget (--max-size-mib)")
-        norms = sum(4 * w.numel for w in weight_inventory(artifact.model) if len(w.shape) == 1)
-        budget = limit * 2**20 - overhead_bytes(artifact) - norms
+        inventory = weight_inventory(artifact.model)
+        if req.bits_per_weight is not None:  # the matrices at B bits on average
+            budget = req.bits_per_weight / 8 * sum(w.numel for w in inventory if len(w.shape) == 2)
+        elif limit is None:  # resolve_inputs already refuses this; kept for library callers
+            raise ConfigError("gguf:mixed needs a size budget (--max-size-mib or --bits-per-weight)")
+        else:
+            norms = sum(4 * w.numel for w in inventory if len(w.shape) == 1)
+            budget = limit * 2**20 - overhead_bytes(artifact) - norms
     return QuantizeStage(method=method, calibration=calib, budget_bytes=budget)
 
 
@@ -362,23 +376,36 @@ def _run_distill(
     config = DistillConfig.model_validate(
         {
             "loss": req.distill_loss,
-            "max_tokens": req.distill_tokens,
+            "max_tokens": req.train_tokens,
             "max_minutes": req.distill_minutes,
             "lr": req.distill_lr,
+            "scale_lr": req.qat_scale_lr,
         }
     )
+    student = (
+        artifact if artifact.model is not teacher else artifact.evolve("copy", model=copy.deepcopy(teacher))
+    )
+    scheme, blocks = run.schemes[0], None
+    if req.qat and scheme.learns_scales:
+        scheme, blocks = _qat_start(run, student, progress)
     with progress("distill", "distilling from the float teacher") as bar:
         # Training cycles over the data. Sampling text from the teacher runs at ~100 tokens/s here, so
-        # teacher-written data is capped at 8192 tokens; the user's files give up to --distill-tokens.
-        n_data = req.distill_tokens if req.calib_data else min(req.distill_tokens, 8192)
+        # teacher-written data is capped at 8192 tokens; the user's files give up to the token limit
+        # (up to MINUTES_DATA_TOKENS of them when the minutes alone bound the run).
+        limit = req.train_tokens or MINUTES_DATA_TOKENS
+        n_data = limit if req.calib_data else min(limit, 8192)
         train, heldout, source = token_stream(artifact, list(req.calib_data), n_data)
-        student = (
-            artifact
-            if artifact.model is not teacher
-            else artifact.evolve("copy", model=copy.deepcopy(teacher))
-        )
         stage = DistillStage(
-            config, teacher, train, heldout, run.schemes[0] if req.qat else None, report_row, save, resume
+            config,
+            teacher,
+            train,
+            heldout,
+            scheme if req.qat else None,
+            report_row,
+            save,
+            resume,
+            qat_blocks=blocks,
+            qat_codes=req.qat_codes,
         )
         result = stage.run(student, StageContext(profile=run.profile, scheme=run.schemes[0]))
     result.report.summary["data_source"] = source
@@ -386,6 +413,22 @@ def _run_distill(
     if distributed.is_main():
         ckpt.unlink(missing_ok=True)
     return result.artifact
+
+
+MINUTES_DATA_TOKENS = 1 << 20  # training text read when only --distill-minutes bounds the run
+
+
+def _qat_start(run: Run, student: ModelArtifact, progress: Progress) -> tuple[QuantScheme, dict[str, Any]]:
+    """What QAT with learned scales starts from: the PTQ blocks of every weight (the weighted
+    search's scales, GPTQ's codes, a mixed plan's types), exactly what PTQ alone would write."""
+    ctx = StageContext(profile=run.profile, scheme=run.schemes[0])
+    with progress("qat-init", "PTQ: calibration statistics, scales and codes QAT starts from"):
+        start = time.perf_counter()
+        scheme, blocks, extra = _quantize_stage(run, student, ctx).ptq_blocks(student.model, ctx.scheme)
+    report = StageReport(stage="qat-init", seconds=time.perf_counter() - start, summary=extra)
+    run.stages.append(report)
+    run.learned_summary = {k: v for k, v in extra.items() if k.startswith("mixed_")}
+    return scheme, blocks
 
 
 def _report_files(report: RunReport) -> dict[str, str]:

@@ -70,8 +70,10 @@ GGML_BLOCK: dict[str, int] = {
 GGML_FALLBACK: dict[str, str] = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 OWN_GGUF_TYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")
-# Types QAT can train through: an exact fake quantizer exists (stages/fake_quant.py).
+# Types QAT can train through with the reference rule's exact fake quantizer (stages/fake_quant.py).
 FAKE_QUANT_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "fp32", "int8", "int4")
+# GGUF types whose block scales QAT learns (stages/learned_quant.py), exported as trained.
+LEARNED_SCALE_TYPES = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")
 # llama.cpp file types (enum llama_ftype) we delegate to its quantizer, and their base tensor type.
 LLAMA_FTYPES: dict[str, tuple[int, str]] = {
     "Q4_K_M": (15, "Q4_K"),
@@ -172,8 +174,21 @@ class QuantScheme(BaseModel):
         return cls(format=ExportFormat.GGUF, weight_type=kind, embedding_type=embedding_type)
 
     @property
+    def learns_scales(self) -> bool:
+        """Whether QAT learns this scheme's block scales (GGUF types we pack, mixed plans included)."""
+        if self.format is not ExportFormat.GGUF or self.delegated_to_llama_cpp:
+            return False
+        if self.is_mixed:
+            return True
+        types = {self.requested_type(r) for r in (TensorRole.MLP, TensorRole.EMBEDDING)}
+        return bool(types & set(LEARNED_SCALE_TYPES)) and types <= {*LEARNED_SCALE_TYPES, "F32", "F16"}
+
+    @property
     def trainable(self) -> bool:
-        """Whether QAT can train through this scheme: every type it writes has an exact fake quantizer."""
+        """Whether QAT can train through this scheme: learned scales, or an exact fake quantizer of
+        the reference rule for every type it writes."""
+        if self.learns_scales:
+            return True
         if self.delegated_to_llama_cpp or self.is_mixed:
             return False
         return all(

@@ -51,6 +51,9 @@ class DistillConfig(BaseModel):
     # one extra head matmul); "renormalized": KL on the top-k support alone (cheapest, ignores the tail).
     support: Literal["tail", "renormalized"] = "tail"
     lr: Annotated[float, Field(gt=0)] = 5e-5
+    # Learned quantizer scales (QAT): the relative step of each block's scale gain (Adam, so roughly
+    # the per-step fraction a scale may move); fp16 stores scales to ~5e-4 relative.
+    scale_lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     warmup_steps: Annotated[int, Field(ge=0)] = 5
     batch_size: Annotated[int, Field(ge=1)] = 8  # global: split across torchrun processes
@@ -117,9 +120,11 @@ def _weight_param(module: Any) -> torch.nn.Parameter:
 
 
 def _trainable(student: Any, cfg: DistillConfig) -> list[torch.nn.Parameter]:
-    frozen = set()
+    from stages.learned_quant import frozen_code_weights
+
+    frozen = frozen_code_weights(student)  # QAT with frozen codes: only scales, offsets, norms train
     if cfg.train == "no_embedding":
-        frozen = {
+        frozen |= {
             id(_weight_param(student.get_input_embeddings())),
             id(_weight_param(student.get_output_embeddings())),
         }
@@ -129,6 +134,23 @@ def _trainable(student: Any, cfg: DistillConfig) -> list[torch.nn.Parameter]:
         if id(p) not in frozen:
             params.append(p)
     return params
+
+
+def _groups(student: Any, params: list[torch.nn.Parameter], cfg: DistillConfig) -> list[dict[str, Any]]:
+    """Optimizer groups: the weights and norms at ``lr``; learned quantizer scales at ``scale_lr``
+    with no weight decay (a decayed scale would pull every code towards the grid's edge)."""
+    from stages.learned_quant import scale_parameters
+
+    scales = {id(p) for p in scale_parameters(student)}
+    groups = [
+        {"params": [p for p in params if id(p) not in scales], "lr_ratio": 1.0},
+        {
+            "params": [p for p in params if id(p) in scales],
+            "lr_ratio": cfg.scale_lr / cfg.lr,
+            "weight_decay": 0.0,
+        },
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def _lr_at(step: int, total: int, cfg: DistillConfig, time_frac: float = 0.0) -> float:
@@ -211,7 +233,7 @@ def distill(
     net: nn.Module = StudentTopK(student, frozen_head, full=cfg.ce_weight > 0, tail=cfg.support == "tail")
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_groups(student, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global tokens per optimizer step
     total = max(1, (cfg.max_tokens or 10**12) // per_step)
     step, tokens, history = 0, 0, []
@@ -229,7 +251,7 @@ def distill(
                 break
             t_step = time.perf_counter()
             for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total, cfg, time_frac)
+                g["lr"] = _lr_at(step, total, cfg, time_frac) * g["lr_ratio"]
             loss_sum = 0.0
             for micro in range(cfg.grad_accum):
                 i = (step * cfg.grad_accum + micro) % len(batches)
@@ -244,7 +266,8 @@ def distill(
                         loss = loss + cfg.ce_weight * ce
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            for g in opt.param_groups:  # weights and scales apart: one must not drown the other
+                torch.nn.utils.clip_grad_norm_(g["params"], cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,12 +23,14 @@ from compressor.artifact import ModelArtifact, QuantizedTensor, weight_inventory
 from compressor.budget import effective_bits_per_weight, plan_tensors
 from compressor.errors import BudgetExceeded, ConfigError
 from compressor.ggml_search import weighted_quantize
-from compressor.ggml_types import Blocks, dequantize, pack, quantize_tensor
+from compressor.ggml_types import REFERENCE, Blocks, dequantize, pack, quantize_tensor
+from compressor.onnx_blocks import BlockQuant
+from compressor.onnx_search import weighted_quantize_onnx
 from compressor.quant import ExportFormat, PtqMethod, QuantScheme, TensorRole
 from compressor.report import StageReport
 from compressor.stage import StageContext, StageResult
 from stages.calib_stats import fisher_diagonal, input_importance
-from stages.gptq import GPTQ_TYPES, gptq_blocks
+from stages.gptq import GPTQ_TYPES, ONNX_GPTQ_TYPES, gptq_blocks, gptq_onnx
 from stages.mixed import allocate, tensor_options
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,10 @@ def pack_weight(
 ) -> tuple[Any, np.ndarray]:
     """(what the exporter writes, the dequantized weight) for one (rows, row_len) matrix."""
     if scheme.format is ExportFormat.ONNX:
-        bq = onnx_blocks.quantize(kind, w, scheme.block_size, scheme.symmetric)
+        if search:
+            bq = weighted_quantize_onnx(kind, w, scheme.block_size, scheme.symmetric, importance)
+        else:
+            bq = onnx_blocks.quantize(kind, w, scheme.block_size, scheme.symmetric)
         return bq, bq.dequantize()
     return quantize_tensor(kind, w, importance, search)
 
@@ -66,7 +71,7 @@ def quantize_model(
     scheme: QuantScheme,
     importance: dict[str, np.ndarray] | None = None,
     search: bool = False,
-    done: dict[str, Blocks] | None = None,
+    done: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, QuantizedTensor], QuantStats]:
     """Quantize ``model`` in place to ``scheme``; return it, the packed tensors and the stats.
 
@@ -84,9 +89,12 @@ def quantize_model(
             continue
         p = params[w.name]
         imp = importance.get(w.name) if importance else None
-        if done and w.name in done and done[w.name].kind == kind:
-            blocks = done[w.name]
-            data, deq = pack(blocks).reshape(w.shape[0], -1), dequantize(blocks).reshape(w.shape)
+        chosen = done.get(w.name) if done else None
+        data: Any
+        if isinstance(chosen, BlockQuant) and scheme.format is ExportFormat.ONNX:
+            data, deq = chosen, chosen.dequantize()
+        elif isinstance(chosen, Blocks) and chosen.kind == kind:
+            data, deq = pack(chosen).reshape(w.shape[0], -1), dequantize(chosen).reshape(w.shape)
         else:
             data, deq = pack_weight(scheme, kind, p.detach().float().numpy(), imp, search)
         restored = torch.from_numpy(deq)
@@ -118,23 +126,51 @@ class QuantizeStage:
     method: PtqMethod = PtqMethod.RTN
     calibration: list[torch.Tensor] | None = None
     budget_bytes: float | None = None
+    learned: dict[str, Blocks] | None = None  # blocks QAT trained (scales and codes), written as they are
+    learned_scheme: QuantScheme | None = None  # the scheme QAT trained through (a mixed plan resolved)
+    learned_summary: dict[str, Any] = field(default_factory=dict)
     name: str = "quantize"
+
+    def prepare(self, model: Any, scheme: QuantScheme) -> tuple[QuantScheme, Any, dict[str, Blocks], dict]:
+        """The calibration statistics, the mixed plan and GPTQ's codes: (resolved scheme, importance
+        by weight name or None, blocks chosen so far by weight name, report fields)."""
+        importance, extra = None, dict[str, Any]()
+        grams: dict[str, np.ndarray] | None = {} if self.method is PtqMethod.GPTQ else None
+        if self.calibration and self.method is not PtqMethod.RTN:
+            importance = input_importance(model, self.calibration, grams)
+        done: dict[str, Blocks] = {}
+        if scheme.is_mixed:
+            scheme, extra, done = self._choose_types(model, scheme, importance or {})
+        if grams and not scheme.delegated_to_llama_cpp:
+            t0 = time.perf_counter()
+            done = _gptq_all(model, scheme, importance or {}, grams, done)
+            extra["gptq_seconds"] = round(time.perf_counter() - t0, 1)
+            extra["gptq_tensors"] = len(done)
+        return scheme, importance, done, extra
+
+    def ptq_blocks(self, model: Any, scheme: QuantScheme) -> tuple[QuantScheme, dict[str, Blocks], dict]:
+        """What PTQ would write for every 2-D weight we pack as ggml blocks (QAT starts from it)."""
+        scheme, importance, done, extra = self.prepare(model, scheme)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        plans = plan_tensors(weight_inventory(model), scheme)
+        search = self.method is not PtqMethod.RTN
+        for name, pl in plans.items():
+            kind = pl.effective
+            if name in done or kind not in REFERENCE or len(params[name].shape) != 2:
+                continue
+            w = params[name].detach().float().numpy()
+            imp = importance.get(name) if importance else None
+            done[name] = weighted_quantize(kind, w, imp) if search else REFERENCE[kind](w)
+        extra["ptq"] = self.method.value
+        return scheme, done, extra
 
     def run(self, artifact: ModelArtifact, ctx: StageContext) -> StageResult:
         start = time.perf_counter()
-        scheme, importance = ctx.scheme, None
-        extra: dict[str, Any] = {}
-        grams: dict[str, np.ndarray] | None = {} if self.method is PtqMethod.GPTQ else None
-        if self.calibration and self.method is not PtqMethod.RTN:
-            importance = input_importance(artifact.model, self.calibration, grams)
-        done: dict[str, Blocks] = {}
-        if scheme.is_mixed:
-            scheme, extra, done = self._choose_types(artifact.model, scheme, importance or {})
-        if grams and scheme.format is ExportFormat.GGUF and not scheme.delegated_to_llama_cpp:
-            t0 = time.perf_counter()
-            done = _gptq_all(artifact.model, scheme, importance or {}, grams, done)
-            extra["gptq_seconds"] = round(time.perf_counter() - t0, 1)
-            extra["gptq_tensors"] = len(done)
+        if self.learned is not None:  # QAT's trained blocks: packed as they are, nothing re-chosen
+            scheme, importance, done = self.learned_scheme or ctx.scheme, None, self.learned
+            extra: dict[str, Any] = {"tensors_from_qat": len(done), **self.learned_summary}
+        else:
+            scheme, importance, done, extra = self.prepare(artifact.model, ctx.scheme)
         search = self.method is not PtqMethod.RTN
         model, packed, stats = quantize_model(artifact.model, scheme, importance, search, done)
         if stats.fallbacks:
@@ -155,7 +191,7 @@ class QuantizeStage:
             "fallbacks": [fb.model_dump() for fb in stats.fallbacks],
             "max_abs_error": stats.max_abs_error,
             "quantized_by": "llama.cpp (at export)" if ctx.scheme.delegated_to_llama_cpp else "compressor",
-            "ptq": self.method.value,
+            "ptq": "learned (QAT)" if self.learned is not None else self.method.value,
             "importance": "calibration activations" if importance else "none",
             **extra,
         }
@@ -209,19 +245,26 @@ def _gptq_all(
     scheme: QuantScheme,
     importance: dict[str, np.ndarray],
     grams: dict[str, np.ndarray],
-    done: dict[str, Blocks],
-) -> dict[str, Blocks]:
-    """GPTQ codes for every 2-D weight with a Gram matrix (not the embedding: it is also a lookup)."""
+    done: dict[str, Any],
+) -> dict[str, Any]:
+    """GPTQ codes for every 2-D weight with a Gram matrix (not the embedding: it is also a lookup),
+    on ggml's grids (``Blocks``) or ONNX's (``BlockQuant``), from the weighted search's scales."""
     params = dict(model.named_parameters(remove_duplicate=False))
     plans = plan_tensors(weight_inventory(model), scheme)
+    onnx = scheme.format is ExportFormat.ONNX
     out = dict(done)
     for w in weight_inventory(model):
         kind = plans[w.name].effective
-        if w.name not in grams or w.role is TensorRole.EMBEDDING or kind not in GPTQ_TYPES:
+        if w.name not in grams or w.role is TensorRole.EMBEDDING:
             continue
         x = params[w.name].detach().float().numpy()
-        start = done.get(w.name) or weighted_quantize(kind, x, importance.get(w.name))
-        out[w.name] = gptq_blocks(kind, x, grams[w.name], start)
+        imp = importance.get(w.name)
+        if onnx and kind in ONNX_GPTQ_TYPES:
+            start = weighted_quantize_onnx(kind, x, scheme.block_size, scheme.symmetric, imp)
+            out[w.name] = gptq_onnx(kind, x, grams[w.name], start)
+        elif not onnx and kind in GPTQ_TYPES:
+            begin = done.get(w.name) or weighted_quantize(kind, x, imp)
+            out[w.name] = gptq_blocks(kind, x, grams[w.name], begin)
     return out
 
 

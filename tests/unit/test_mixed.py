@@ -75,8 +75,8 @@ def test_mixed_without_a_size_is_refused(tiny_model_dir: Path, tmp_path: Path, c
     [
         (["--quant", "gguf:mixed", "--mixed-types", "Q4_K,Q8_0", "--max-size-mib", "1"], "Q4_K"),
         (["--mixed-types", "Q8_0"], "gguf:mixed only"),
-        (["--qat", "--ptq", "weighted"], "--ptq rtn"),
-        (["--qat", "--quant", "gguf:IQ4_NL"], "gguf:Q4_0"),
+        (["--qat", "--ptq", "weighted", "--quant", "onnx:int4"], "--ptq rtn"),
+        (["--qat", "--quant", "gguf:Q5_K_M"], "gguf:IQ4_NL"),
     ],
 )
 def test_bad_mixed_and_ptq_options(
@@ -97,3 +97,16 @@ def test_gptq_through_the_cli(tiny_model_dir: Path, tiny_profile: Path, tmp_path
     quant = next(s for s in report["stages"] if s["stage"].startswith("quantize"))
     assert quant["summary"]["ptq"] == "gptq" and quant["summary"]["gptq_tensors"] == 2 * 7
     assert quant["summary"]["tensors_by_type"]["IQ4_NL"] == 2 * 7  # the tied embedding: Q8_0
+
+
+@pytest.mark.parametrize("spec", ["onnx:int4", "onnx:int4-asym"])
+def test_onnx_gptq_through_the_cli(
+    tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path, spec: str
+) -> None:
+    out = tmp_path / "out"
+    args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+    args += ["--quant", spec, "--ptq", "gptq", "--calib-data", str(LICENSE_TEXT)]
+    assert main(args) == 0  # the exported graph validated against the torch model in onnxruntime
+    report = json.loads((out / "report.json").read_text())
+    quant = next(s for s in report["stages"] if s["stage"].startswith("quantize"))
+    assert quant["summary"]["ptq"] == "gptq" and quant["summary"]["gptq_tensors"] == 2 * 7

@@ -157,9 +157,15 @@ def test_qat_through_the_cli_trains_and_ships(
     args += ["--qat", "--distill-tokens", "8192", "--distill-lr", "1e-3", "--calib-data", str(LICENSE_TEXT)]
     assert main(args) == 0
     report = RunReport.model_validate_json((out / "report.json").read_text())
-    assert [s.stage for s in report.stages][:2] == ["load", "distill"]
-    summary = report.stages[1].summary
+    assert [s.stage for s in report.stages][:3] == ["load", "qat-init", "distill"]
+    assert report.stages[1].summary["ptq"] == "gptq"  # QAT starts from what PTQ alone would write
+    summary = report.stages[2].summary
     assert summary["qat_scheme"] == "gguf:Q4_0" and summary["tokens"] == 8192
+    assert summary["qat_quantizer"] == "learned scales (codes follow)" and summary["scales_changed"] > 0
+    quant = next(s for s in report.stages if s.stage.startswith("quantize"))
+    assert (
+        quant.summary["ptq"] == "learned (QAT)" and quant.summary["tensors_from_qat"] == 2 * 7 + 1
+    )  # the frozen embedding: its PTQ blocks
     assert summary["heldout_kl_after"] < summary["heldout_kl_before"]
     assert summary["processes"] == 1 and summary["tokens_per_s"] > 0
     assert (out / "model.gguf").is_file()
