@@ -223,6 +223,19 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
             ),
         ),
         (
+            f"ours gguf:mixed <= 87.5 MiB + QAT, learned scales ({minutes:g} min)",
+            "ours",
+            f"ours-mixed-87.5-qat-{minutes:g}/model.gguf",
+            lambda: compress_cli(
+                ART / f"ours-mixed-87.5-qat-{minutes:g}",
+                *mixed[: -len(calib)],
+                str(train_text_file()),
+                "--qat",
+                "--distill-minutes",
+                str(minutes),
+            ),
+        ),
+        (
             f"ours gguf:Q4_0 QAT ({minutes:g} min)",
             "ours",
             "ours-q4_0-qat/model.gguf",
@@ -258,7 +271,7 @@ def eval_sets(art: Any) -> dict[str, list[int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--distill-minutes", type=float, default=12.0, help="budget of each distilled row (default 12)"
+        "--distill-minutes", type=float, default=20.0, help="budget of each distilled row (default 20)"
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild every artifact")
     parser.add_argument("--only", help="comma-separated substrings of row labels to include")

@@ -1,4 +1,4 @@
-"""Importance-weighted scale searches that write ordinary ggml blocks (Q4_0, Q5_0, IQ4_NL).
+"""Importance-weighted scale searches that write ordinary ggml blocks (Q4_0, Q5_0, IQ4_NL, Q4_1, Q5_1).
 
 For each 32-element block, try a set of candidate scales, let each element take its nearest code,
 refit the scale by weighted least squares, and keep the candidate with the least weighted error. The
@@ -120,10 +120,66 @@ def search_qx(kind: str, w: np.ndarray, importance: np.ndarray | None) -> Blocks
     return Blocks(kind, scale.astype(np.float16), q)
 
 
+def search_qkx(kind: str, w: np.ndarray, importance: np.ndarray | None) -> Blocks:
+    """Q4_1 (nmax 15) / Q5_1 (nmax 31): ``make_qkx3_quants``' search, weighted. For 37 candidate
+    inverse scales (nmax + rmin + k * rdelta over the block's range, rmin -0.9, rdelta 0.05) every
+    element takes its code from the block's minimum, then scale and offset are refit together by
+    weighted least squares (a 2x2 system); the candidate with the least weighted error wins, and the
+    final codes are the nearest for the fp16 scale and offset the file stores."""
+    nmax = {"Q4_1": 15, "Q5_1": 31}[kind]
+    _rows, cols = w.shape
+    xr = np.ascontiguousarray(w, dtype=F32)
+    sigma2 = ((xr * xr).sum(axis=1, dtype=F32) / F32(cols)).astype(F32)
+    x = xr.reshape(-1, 32).astype(np.float64)
+    s2 = np.repeat(sigma2, cols // 32)[:, None]
+    wt = (_column_weights(w, importance) * np.sqrt(s2 + xr.reshape(-1, 32) ** 2)).astype(np.float64)
+    lo, hi = x.min(axis=1), x.max(axis=1)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    ref = REFERENCE[kind](w)  # the reference rule is a candidate too: never worse than it
+    best_d, best_m = ref.d.astype(np.float64), ref.m.astype(np.float64)  # type: ignore[union-attr]
+    best_err = (wt * (ref.q * best_d[:, None] + best_m[:, None] - x) ** 2).sum(axis=1)
+    sw = wt.sum(axis=1)
+    sx = (wt * x).sum(axis=1)
+    for k in range(37):
+        iscale = (nmax - 0.9 + 0.05 * k) / span
+        q = np.clip(np.rint(iscale[:, None] * (x - lo[:, None])), 0, nmax)
+        sl, sl2, slx = (wt * q).sum(axis=1), (wt * q * q).sum(axis=1), (wt * q * x).sum(axis=1)
+        det = sw * sl2 - sl * sl
+        ok = det > 0
+        safe = np.where(ok, det, 1.0)
+        d = np.where(ok, (sw * slx - sx * sl) / safe, 0.0)
+        m = np.where(ok, (sl2 * sx - sl * slx) / safe, lo)
+        err = (wt * (q * d[:, None] + m[:, None] - x) ** 2).sum(axis=1)
+        better = ok & (d > 0) & (err < best_err)
+        best_d, best_m, best_err = (
+            np.where(better, a, b) for a, b in ((d, best_d), (m, best_m), (err, best_err))
+        )
+    d16, m16 = best_d.astype(np.float16), best_m.astype(np.float16)
+    d32, m32 = d16.astype(F32), m16.astype(F32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(d32[:, None] != 0, (xr.reshape(-1, 32) - m32[:, None]) / d32[:, None], 0.0)
+    q = np.clip(np.rint(v), 0, nmax).astype(np.uint8)
+    out = Blocks(kind, d16, q, m16)
+    # the re-rounded codes are kept only where they do not raise the error of the stored values
+    from compressor.ggml_types import dequantize
+
+    err_new = (wt * (dequantize(out).astype(np.float64) - x) ** 2).sum(axis=1)
+    err_ref = (wt * (dequantize(ref).astype(np.float64) - x) ** 2).sum(axis=1)
+    keep = err_new <= err_ref
+    return Blocks(
+        kind,
+        np.where(keep, d16, ref.d),
+        np.where(keep[:, None], q, ref.q).astype(np.uint8),
+        np.where(keep, m16, ref.m),  # type: ignore[arg-type]
+    )
+
+
 def weighted_quantize(kind: str, w: np.ndarray, importance: np.ndarray | None) -> Blocks:
     """The best blocks we know how to find for ``kind`` (the reference rule where we have no search)."""
     if kind == "IQ4_NL":
         return search_iq4_nl(w, importance)
     if kind in ("Q4_0", "Q5_0"):
         return search_qx(kind, w, importance)
-    return REFERENCE[kind](w)  # Q8_0 (llama.cpp ignores an imatrix too), Q4_1, Q5_1
+    if kind in ("Q4_1", "Q5_1"):
+        return search_qkx(kind, w, importance)
+    return REFERENCE[kind](w)  # Q8_0 (llama.cpp ignores an imatrix too)

@@ -101,7 +101,7 @@ def test_agrees_with_gguf_py_reference(weights: np.ndarray, kind: str) -> None:
     assert np.array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "IQ4_NL"])
+@pytest.mark.parametrize("kind", ["Q4_0", "Q5_0", "IQ4_NL", "Q4_1", "Q5_1"])
 def test_weighted_search_beats_the_reference_on_weighted_error(kind: str) -> None:
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((64, 256)) * rng.gamma(1.0, 1.0, (1, 256))).astype(np.float32)
@@ -115,3 +115,15 @@ def test_weighted_search_beats_the_reference_on_weighted_error(kind: str) -> Non
     _, aware = gt.quantize_tensor(kind, w, importance, search=True)
     assert weighted_err(aware) < weighted_err(ref)
     assert weighted_err(aware) < weighted_err(plain)  # the importance vector is what helps here
+
+
+@pytest.mark.parametrize("kind", ["Q4_1", "Q5_1"])
+def test_affine_search_is_never_worse_than_the_reference_block_by_block(
+    weights: np.ndarray, kind: str
+) -> None:
+    ref = gt.REFERENCE[kind](weights)
+    ours = weighted_quantize(kind, weights, None)
+    x = weights.reshape(-1, 32).astype(np.float64)
+    e_ref = ((gt.dequantize(ref) - x) ** 2).sum(1)
+    e_ours = ((gt.dequantize(ours) - x) ** 2).sum(1)
+    assert np.all(e_ours <= e_ref * (1 + 1e-6)) and e_ours.sum() < 0.95 * e_ref.sum()
