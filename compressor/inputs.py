@@ -69,13 +69,13 @@ def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantSchem
     mixed = any(s.is_mixed for s in schemes)
     if mixed and profile.budgets.max_size_mib is None and req.bits_per_weight is None:
         raise ConfigError(
-            f"gguf:mixed fits a size: give --max-size-mib or --bits-per-weight, or a profile with "
+            f"a mixed plan fits a size: give --max-size-mib or --bits-per-weight, or a profile with "
             f"budgets.max_size_mib ('{profile.name}' has none)"
         )
     if req.bits_per_weight is not None and not mixed:
-        raise ConfigError("--bits-per-weight applies to --quant gguf:mixed only")
+        raise ConfigError("--bits-per-weight applies to --quant gguf:mixed or onnx:mixed only")
     if req.mixed_types and not any(s.is_mixed for s in schemes):
-        raise ConfigError("--mixed-types applies to --quant gguf:mixed only")
+        raise ConfigError("--mixed-types applies to --quant gguf:mixed or onnx:mixed only")
     if req.resume and not (req.distill or req.qat):
         raise ConfigError("--resume continues a distillation; add --distill or --qat")
     cfg = DistillConfig()

@@ -41,7 +41,7 @@ from compressor.inputs import (
 )
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
-from compressor.quant import PtqMethod, QuantScheme
+from compressor.quant import ExportFormat, PtqMethod, QuantScheme
 from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 from stages import prune_auto
@@ -67,7 +67,7 @@ def project_after(artifact: ModelArtifact, ctx: StageContext, report: StageRepor
     inventory = weight_inventory(artifact.model)
     scheme = artifact.scheme if artifact.scheme is not None else ctx.scheme  # resolved mixed plans too
     overhead = None
-    if scheme.is_mixed:  # fitted to the byte: project with the file's real header and vocabulary
+    if scheme.is_mixed and scheme.format is ExportFormat.GGUF:  # fitted to the byte: real header + vocab
         from exporters.gguf import overhead_bytes
 
         overhead = overhead_bytes(artifact)
@@ -284,8 +284,12 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
             raise ConfigError("gguf:mixed needs a size budget (--max-size-mib or --bits-per-weight)")
         else:
             norms = sum(4 * w.numel for w in inventory if len(w.shape) == 1)
-            budget = limit * 2**20 - overhead_bytes(artifact) - norms
+            onnx = scheme.format is ExportFormat.ONNX
+            budget = limit * 2**20 - (ONNX_GRAPH_BYTES if onnx else overhead_bytes(artifact)) - norms
     return QuantizeStage(method=method, calibration=calib, budget_bytes=budget)
+
+
+ONNX_GRAPH_BYTES = 2**20  # onnx:mixed: room for the graph itself (nodes, names, shapes) in model.onnx
 
 
 def _row_multiple(schemes: list[QuantScheme]) -> int:

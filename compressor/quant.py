@@ -129,7 +129,7 @@ class QuantScheme(BaseModel):
 
     @property
     def name(self) -> str:
-        if self.is_mixed:
+        if self.is_mixed and self.format is ExportFormat.GGUF:
             types = "" if self.mixed_types == DEFAULT_MIXED_TYPES else f"[{','.join(self.mixed_types)}]"
             return f"gguf:mixed{types}"
         kind = self.weight_type
@@ -157,7 +157,10 @@ class QuantScheme(BaseModel):
         fmt, _, kind = text.partition(":")
         choices = ", ".join(supported_schemes())
         if fmt.lower() == ExportFormat.ONNX.value and kind:
-            return _parse_onnx(spec, kind, embedding_type, accuracy_level)
+            onnx = _parse_onnx(spec, kind, embedding_type, accuracy_level)
+            if onnx.is_mixed:
+                return onnx.model_copy(update={"mixed_types": _onnx_mixed_types(mixed_types)})
+            return onnx
         if fmt.lower() != ExportFormat.GGUF.value or not kind:
             raise ConfigError(f"unknown quantization scheme '{spec}'; choose one of: {choices}")
         kind = kind.upper()
@@ -214,7 +217,7 @@ class QuantScheme(BaseModel):
         if role is TensorRole.NORM:
             return "fp32" if onnx else "F32"
         if self.is_mixed:
-            return min(self.mixed_types, key=lambda t: GGML_BITS[t])
+            return min(self.mixed_types, key=self.bits)
         if role in (TensorRole.EMBEDDING, TensorRole.OUTPUT):
             if self.embedding_type:
                 return self.embedding_type
@@ -267,7 +270,7 @@ def _parse_onnx(spec: str, kind: str, embedding_type: str | None, accuracy_level
             block = int(opt[5:])
         else:
             raise ConfigError(f"unknown option '{opt}' in '{spec}' (allowed: -asym, -blockN)")
-    if base not in ONNX_TYPES:
+    if base not in (*ONNX_TYPES, MIXED):
         raise ConfigError(
             f"unknown ONNX type '{base}' in '{spec}'; choose one of: {', '.join(supported_schemes())}"
         )
@@ -305,6 +308,22 @@ def _mixed_types(text: str | None) -> tuple[str, ...]:
     return types
 
 
+ONNX_MIXED_TYPES = ("int4", "int8")
+
+
+def _onnx_mixed_types(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ONNX_MIXED_TYPES
+    types = tuple(dict.fromkeys(t.strip().lower() for t in text.split(",") if t.strip()))
+    bad = [t for t in types if t not in ONNX_MIXED_TYPES]
+    if bad or not types:
+        raise ConfigError(
+            f"--mixed-types {text}: {', '.join(bad) or 'empty'} not allowed for onnx:mixed; choose from "
+            f"{', '.join(ONNX_MIXED_TYPES)}"
+        )
+    return types
+
+
 def supported_schemes() -> list[str]:
     gguf = [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES, MIXED)]
-    return [*gguf, "onnx:fp32", "onnx:int8", "onnx:int4", "onnx:int4-asym", "onnx:int4-block64"]
+    return [*gguf, "onnx:fp32", "onnx:int8", "onnx:int4", "onnx:int4-asym", "onnx:int4-block64", "onnx:mixed"]

@@ -68,6 +68,10 @@ class DistillConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    # Keep the trainable state with the lowest held-out KL seen (the start included) and restore it at
+    # the end: with a small training text, long runs overfit (QAT's held-out KL rose after ~40 steps of
+    # 2,048 tokens on 35 k tokens of text, measured on SmolLM2).
+    keep_best: bool = True
 
 
 class DistillStats(BaseModel):
@@ -83,6 +87,7 @@ class DistillStats(BaseModel):
     before: dict[str, float]
     after: dict[str, float]
     history: list[dict[str, float]]
+    best_step: int | None = None  # set when the state of this step (lowest held-out KL) was restored
 
 
 def _cpu_has_bf16() -> bool:
@@ -151,6 +156,28 @@ def _groups(student: Any, params: list[torch.nn.Parameter], cfg: DistillConfig) 
         },
     ]
     return [g for g in groups if g["params"]]
+
+
+class _Best:
+    """The trainable parameters at the lowest held-out KL so far (a copy, updated when beaten)."""
+
+    def __init__(self, model: Any, kl: float) -> None:
+        self.kl, self.step = kl, 0
+        self.state = self._copy(model)
+
+    @staticmethod
+    def _copy(model: Any) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def offer(self, model: Any, kl: float, step: int) -> None:
+        if kl < self.kl:
+            self.kl, self.step, self.state = kl, step, self._copy(model)
+
+    def restore(self, model: Any) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in self.state.items():
+                params[n].copy_(t)
 
 
 def _lr_at(step: int, total: int, cfg: DistillConfig, time_frac: float = 0.0) -> float:
@@ -226,6 +253,7 @@ def distill(
     teacher_seconds = time.perf_counter() - start
     before = compare(student, teacher, heldout_ids)
     params = _trainable(student, cfg)
+    best = _Best(student, before["mean_kl"]) if cfg.keep_best else None
     frozen_head = None
     if not _weight_param(student.get_output_embeddings()).requires_grad:
         with torch.no_grad():  # computed once (fake-quantized too, under QAT), not every step
@@ -288,6 +316,8 @@ def distill(
                 ev = compare(student, teacher, heldout_ids)
                 student.train()
                 row.update(heldout_kl=ev["mean_kl"], heldout_top1=ev["top1_agreement"])
+                if best is not None:
+                    best.offer(student, ev["mean_kl"], step)
             history.append(row)
             if progress and rank == 0:
                 progress(row)
@@ -304,6 +334,11 @@ def distill(
                 checkpoint(copy.deepcopy(snapshot))  # the live tensors keep training
     student.eval()
     after = compare(student, teacher, heldout_ids)
+    restored = None
+    if best is not None and best.kl < after["mean_kl"]:
+        best.restore(student)
+        restored = best.step
+        after = compare(student, teacher, heldout_ids)
     student.to("cpu")
     teacher.to("cpu")
     seconds = time.perf_counter() - start
@@ -320,5 +355,6 @@ def distill(
         before=before,
         after=after,
         history=history,
+        best_step=restored,
     )
     return student, stats

@@ -88,6 +88,7 @@ class DistillStage:
             "evaluated": "the fake-quantized student" if self.qat_scheme else "the float student",
             "history": [r for r in stats.history if "heldout_kl" in r],
             "resumed_from_step": self.resume["step"] if self.resume else None,
+            "restored_best_step": stats.best_step,
             **extra,
         }
         report = StageReport(stage=self.name, seconds=time.perf_counter() - start, summary=summary)

@@ -21,8 +21,9 @@ import torch
 
 from compressor.artifact import weight_inventory
 from compressor.ggml_search import weighted_quantize
-from compressor.ggml_types import Blocks, dequantize
-from compressor.quant import GGML_BITS, TensorRole
+from compressor.ggml_types import dequantize
+from compressor.onnx_search import weighted_quantize_onnx
+from compressor.quant import ExportFormat, QuantScheme, TensorRole
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,31 @@ class Option:
     kind: str
     size_bytes: float
     kl: float  # predicted KL increase per token if only this tensor were quantized this way
-    blocks: Blocks | None = None  # the quantized tensor itself, reused when this option is chosen
+    blocks: Any = None  # the quantized tensor (ggml Blocks / ONNX BlockQuant), reused when chosen
+
+
+def _quantize(
+    scheme: QuantScheme, kind: str, x: np.ndarray, imp: np.ndarray | None
+) -> tuple[Any, np.ndarray]:
+    if scheme.format is ExportFormat.ONNX:
+        bq = weighted_quantize_onnx(kind, x, scheme.block_size, scheme.symmetric, imp)
+        return bq, bq.dequantize()
+    blocks = weighted_quantize(kind, x, imp)
+    return blocks, dequantize(blocks).reshape(x.shape)
 
 
 def tensor_options(
     model: Any,
-    allowed: tuple[str, ...],
+    scheme: QuantScheme,
     fisher: dict[str, torch.Tensor],
     tokens: int,
     importance: dict[str, np.ndarray],
 ) -> dict[str, list[Option]]:
-    """Inventory name -> its options (every allowed type its rows can pack), cheapest first."""
+    """Inventory name -> its options (every type of ``scheme.mixed_types`` its rows can pack),
+    cheapest first."""
+    allowed = scheme.mixed_types
+    block = scheme.block_size if scheme.format is ExportFormat.ONNX else 32
+    fallback = ("fp32", 4.0) if scheme.format is ExportFormat.ONNX else ("F16", 2.0)
     params = dict(model.named_parameters(remove_duplicate=False))
     out: dict[str, list[Option]] = {}
     for w in weight_inventory(model):
@@ -50,14 +65,13 @@ def tensor_options(
         f = fisher[w.name].numpy()
         opts = []
         for kind in allowed:
-            if w.shape[1] % 32:
+            if w.shape[1] % block:
                 continue
-            blocks = weighted_quantize(kind, x, importance.get(w.name))
-            deq = dequantize(blocks).reshape(x.shape)
+            blocks, deq = _quantize(scheme, kind, x, importance.get(w.name))
             kl = 0.5 * float((f * (deq - x) ** 2).sum(dtype=np.float64)) / tokens
-            opts.append(Option(kind, w.numel * GGML_BITS[kind] / 8, kl, blocks))
-        if not opts:  # rows no block type can pack: F16
-            opts.append(Option("F16", w.numel * 2.0, 0.0))
+            opts.append(Option(kind, w.numel * scheme.bits(kind) / 8, kl, blocks))
+        if not opts:  # rows no block type can pack: F16 (GGUF) / fp32 (ONNX)
+            opts.append(Option(fallback[0], w.numel * fallback[1], 0.0))
         out[w.name] = sorted(opts, key=lambda o: o.size_bytes)
     return out
 

@@ -207,13 +207,13 @@ class QuantizeStage:
 
     def _choose_types(
         self, model: Any, scheme: QuantScheme, importance: dict[str, np.ndarray]
-    ) -> tuple[QuantScheme, dict[str, Any], dict[str, Blocks]]:
+    ) -> tuple[QuantScheme, dict[str, Any], dict[str, Any]]:
         """The mixed plan: Fisher sensitivities of every (tensor, type), then the knapsack."""
         if not self.calibration or self.budget_bytes is None:
             raise ConfigError("gguf:mixed needs calibration text and a size budget (--max-size-mib)")
         t0 = time.perf_counter()
         fisher, tokens = fisher_diagonal(model, self.calibration[:FISHER_SEQUENCES])
-        options = tensor_options(model, scheme.mixed_types, fisher, tokens, importance)
+        options = tensor_options(model, scheme, fisher, tokens, importance)
         try:
             chosen = allocate(options, self.budget_bytes)
         except ValueError:

@@ -53,6 +53,7 @@ def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(smollm2, tmp_path: Path
     prune = next(s for s in report["stages"] if s["stage"] == "prune")["summary"]
     assert prune["shape_after"] == {"layers": 30, "heads": 6, "kv_heads": 3, "head_dim": 64, "mlp": 1024}
     assert prune["heldout_kl_to_unpruned"] > 0 and prune["params_after"] < prune["params_before"]
+    assert prune["heldout_kl_to_unpruned"] < 0.6 * prune["heldout_kl_before_refit"]  # the refit pays
     assert report["measured"]["model.gguf"]["heads"] == 6
     prompt = chat_prompt(smollm2.tokenizer)
     assert len(llama_runtime.greedy(out / "model.gguf", prompt, 8)) == 8

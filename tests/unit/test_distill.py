@@ -131,3 +131,17 @@ def test_chunked_head_logsumexp_has_the_autograd_gradient() -> None:
     hidden.grad = None
     ((hidden @ head.T).logsumexp(-1) * weights).sum().backward()
     assert torch.allclose(ours, hidden.grad, atol=1e-10)
+
+
+def test_the_best_held_out_state_is_kept(tiny_artifact) -> None:
+    """A learning rate that wrecks the student: the state with the lowest held-out KL comes back
+    (here the start), and without keep_best the wrecked one stays."""
+    train, heldout = _data(tiny_artifact)
+    wild = CFG.model_copy(update={"lr": 5.0, "warmup_steps": 0, "max_tokens": 64 * 2 * 8, "eval_every": 4})
+    _, stats = distill(copy.deepcopy(tiny_artifact.model), tiny_artifact.model, train, heldout, wild)
+    assert stats.best_step is not None
+    seen = [stats.before["mean_kl"], *(r["heldout_kl"] for r in stats.history if "heldout_kl" in r)]
+    assert stats.after["mean_kl"] <= min(seen) + 1e-6
+    plain = wild.model_copy(update={"keep_best": False})
+    _, wrecked = distill(copy.deepcopy(tiny_artifact.model), tiny_artifact.model, train, heldout, plain)
+    assert wrecked.best_step is None and wrecked.after["mean_kl"] > stats.after["mean_kl"]

@@ -110,3 +110,23 @@ def test_onnx_gptq_through_the_cli(
     report = json.loads((out / "report.json").read_text())
     quant = next(s for s in report["stages"] if s["stage"].startswith("quantize"))
     assert quant["summary"]["ptq"] == "gptq" and quant["summary"]["gptq_tensors"] == 2 * 7
+
+
+@pytest.mark.parametrize(
+    ("spec", "bpw", "kinds"), [("onnx:mixed", 6.0, {"int4", "int8"}), ("gguf:mixed", 5.5, None)]
+)
+def test_bits_per_weight_budget(
+    tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path, spec: str, bpw: float, kinds: set | None
+) -> None:
+    """--bits-per-weight fits the matrices to B bits on average; onnx:mixed mixes int4 and int8."""
+    out = tmp_path / "out"
+    args = ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+    args += ["--quant", spec, "--bits-per-weight", str(bpw), "--calib-data", str(LICENSE_TEXT)]
+    assert main(args) == 0  # exported and validated in its runtime
+    report = json.loads((out / "report.json").read_text())
+    quant = next(s for s in report["stages"] if s["stage"].startswith("quantize"))
+    summary = quant["summary"]
+    assert summary["mixed_weight_mib"] <= summary["mixed_budget_mib"]
+    used = {k for group in summary["mixed_plan"].values() for k in group}
+    assert len(used) >= 2 and (kinds is None or used == kinds)
+    assert 4.5 < summary["bits_per_weight"] <= bpw + 0.5  # norms are fp32: a little above B
