@@ -145,5 +145,5 @@ def test_stage_reports_kl_before_and_after_the_refit(tiny_artifact, ids) -> None
     off = PruneStage(config, calib, heldout, refit=False).run(tiny_artifact, ctx).report.summary
     assert on["heldout_kl_before_refit"] == off["heldout_kl_to_unpruned"]  # same pruning, same text
     assert on["heldout_kl_to_unpruned"] < 0.7 * on["heldout_kl_before_refit"]
-    assert on["refit_seconds"] >= 0 and on["refit"]["target"] == "projection"
+    assert on["refit_seconds"] >= 0 and on["refit"]["target"] == "residual"
     assert off["refit"] is None and "heldout_kl_before_refit" not in off
