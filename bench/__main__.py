@@ -65,6 +65,36 @@ def write_report() -> Path:
             sens["table"],
             "",
         ]
+    refit = _load("prune_refit")
+    if refit:
+        parts += [
+            "## Pruning refit before any distillation (`bench.prune_refit`)",
+            "",
+            f"Measured on {refit['host']}: SmolLM2-135M pruned to `{refit['spec']}`, o_proj/down_proj refit",
+            f"by least squares on {refit['calibration_tokens']} calibration tokens ({refit['calib']} text);",
+            "KL to the unpruned model in torch on held-out text of both kinds.",
+            "",
+            refit["table"],
+            "",
+        ]
+    sweep = _load("qat_sweep")
+    if sweep:
+        from bench.common import markdown_table
+
+        rows = [
+            [r["config"], r.get("steps", 0), r.get("scales_changed", ""), r["licenses"], r["teacher-text"]]
+            for r in sweep["rows"]
+        ]
+        parts += [
+            "## QAT with learned scales: a short sweep (`bench.qat_sweep`)",
+            "",
+            f"Measured on {sweep['host']}: {sweep['minutes']:g} min each from the same gguf:mixed <= 87.5",
+            "MiB PTQ start; config = codes mode : scale lr : weight lr; KL in torch (exact with the",
+            "file except llama.cpp's 8-bit activations).",
+            "",
+            markdown_table(["config", "steps", "scales changed", "KL (licenses)", "KL (teacher text)"], rows),
+            "",
+        ]
     if speed:
         parts += [
             "## Decode speed against the memory-bandwidth roofline",
