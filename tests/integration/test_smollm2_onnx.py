@@ -72,7 +72,8 @@ def test_one_run_writes_and_measures_both_formats(both: Path) -> None:
 
 
 def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path) -> None:
-    model, _, _ = quantize_model(copy.deepcopy(smollm2.model), QuantScheme.parse("onnx:int4"))
+    # --ptq auto without calibration text: the weighted scale search (no importance vector)
+    model, _, _ = quantize_model(copy.deepcopy(smollm2.model), QuantScheme.parse("onnx:int4"), search=True)
     prompt = chat_prompt(smollm2.tokenizer)
     with torch.no_grad():
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
