@@ -22,6 +22,7 @@ CFG = DistillConfig(
     lr=1e-3,
     warmup_steps=1,
     eval_every=3,
+    keep_best=False,  # compare the trained weights themselves, not the best held-out state
     checkpoint_every=3,
     top_k=16,
     precision="fp32",
