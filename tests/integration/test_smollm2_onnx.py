@@ -78,8 +78,8 @@ def test_int4_greedy_matches_the_fake_quantized_torch_model(smollm2, both: Path)
     with torch.no_grad():
         ref = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
     expected = ref[0, len(prompt) :].tolist()
-    assert len(expected) == 16
-    assert ort_runtime.greedy(both / "onnx" / "model.onnx", prompt, 16) == expected
+    assert len(expected) >= 8  # may stop early at the end-of-turn token
+    assert ort_runtime.greedy(both / "onnx" / "model.onnx", prompt, 16)[: len(expected)] == expected
 
 
 def test_int4_and_int8_load_in_ort_model_for_causal_lm(smollm2, both: Path, tmp_path: Path) -> None:
