@@ -90,6 +90,8 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
     def ours(name: str, *args: str) -> Callable[[], Path]:
         return lambda: compress_cli(ART / name, *args)
 
+    # like onnxruntime's own rows; fp32 activations decode slowly: these rows are about quality, not speed
+    fp32_activations = ["--onnx-accuracy-level", "0", "--max-decode-ms", "1000"]
     mixed = ["--quant", "gguf:mixed", "--mixed-types", MIXED_TYPES, "--max-size-mib", "87.5"]
     mixed += ["--calib-data", *calib]
     long = ["--distill-minutes", str(minutes), "--distill-tokens", "100000000", "--distill-lr", "1e-4"]
@@ -212,10 +214,7 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
                 "onnx:int4",
                 "--ptq",
                 "gptq",
-                "--onnx-accuracy-level",
-                "0",
-                "--max-decode-ms",
-                "1000",  # fp32 activations decode slowly: this row is about quality, not speed
+                *fp32_activations,
                 "--calib-data",
                 *calib,
             ),
@@ -230,10 +229,7 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
                 "onnx:int4-asym",
                 "--ptq",
                 "gptq",
-                "--onnx-accuracy-level",
-                "0",
-                "--max-decode-ms",
-                "1000",  # fp32 activations decode slowly: this row is about quality, not speed
+                *fp32_activations,
                 "--calib-data",
                 *calib,
             ),
@@ -248,10 +244,7 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
                 "onnx:mixed",
                 "--max-size-mib",
                 "100",
-                "--onnx-accuracy-level",
-                "0",
-                "--max-decode-ms",
-                "1000",  # fp32 activations decode slowly: this row is about quality, not speed
+                *fp32_activations,
                 "--calib-data",
                 *calib,
             ),
