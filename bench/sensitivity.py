@@ -47,7 +47,7 @@ def main() -> None:
     ref = reference_logits(model, heldout)
     importance = input_importance(model, batches)
     fisher, tokens = fisher_diagonal(model, batches)
-    inv = [w for w in weight_inventory(model) if w.role is not TensorRole.NORM]
+    inv = [w for w in weight_inventory(model) if not w.role.vector]
     # a stride coprime with the 7 matrices of a layer: every role, early to late layers
     pick = [inv[(i * 13) % len(inv)] for i in range(args.tensors)]
     params = dict(model.named_parameters())

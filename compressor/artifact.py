@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from compressor.arch import ArchSpec, identify, spec_for
+from compressor.arch.config_keys import get, head_dim, layer_windows
+from compressor.errors import ModelLoadError
 from compressor.quant import QuantScheme, TensorRole
 from compressor.vocab import GGUFVocab
 
@@ -32,10 +35,12 @@ class ModelSource(BaseModel):
 
 
 class ModelFacts(BaseModel):
-    """Shape facts of a decoder-only transformer, read from its config (uniform across layers)."""
+    """Shape facts of a decoder-only transformer, read from its config through its family's spec
+    (uniform across layers, except which layers use a sliding window)."""
 
     model_config = ConfigDict(frozen=True)
     architecture: str
+    family: str = "llama"
     n_layers: int
     hidden_size: int
     n_heads: int
@@ -46,10 +51,26 @@ class ModelFacts(BaseModel):
     tied_embeddings: bool
     n_params: int
     max_context: int
+    layer_windows: tuple[int, ...] = ()  # per layer: sliding-window size, 0 = whole context
 
     def kv_cache_bytes(self, context_length: int, bytes_per_value: float = 2.0) -> float:
-        """K and V for every layer at ``context_length`` (llama.cpp's default cache type is F16)."""
-        return 2 * self.n_layers * context_length * self.n_kv_heads * self.head_dim * bytes_per_value
+        """K and V for every layer at ``context_length`` (llama.cpp's default cache type is F16);
+        a sliding-window layer holds only its window."""
+        return kv_cache_bytes(
+            self.layer_windows or (0,) * self.n_layers,
+            self.n_kv_heads * self.head_dim,
+            context_length,
+            bytes_per_value,
+        )
+
+
+def kv_cache_bytes(
+    windows: tuple[int, ...] | list[int], kv_width: int, context_length: int, bytes_per_value: float
+) -> float:
+    """K and V bytes of a cache at ``context_length``: per layer min(context, window) positions of
+    ``kv_width`` (= KV heads x head_dim) values each. The one KV formula (budget, GGUF, ONNX)."""
+    positions = sum(min(context_length, w) if w > 0 else context_length for w in windows)
+    return 2.0 * positions * kv_width * bytes_per_value
 
 
 @dataclass(frozen=True)
@@ -106,44 +127,46 @@ class ModelArtifact:
         return dataclasses.replace(self, lineage=(*self.lineage, step), **changes)
 
 
-def weight_role(name: str) -> TensorRole:
-    """Role of a parameter of a llama-style causal LM, by its name."""
-    if name.endswith("embed_tokens.weight"):
-        return TensorRole.EMBEDDING
-    if name.startswith("lm_head"):
-        return TensorRole.OUTPUT
-    if ".self_attn." in name:
-        return TensorRole.ATTENTION
-    if ".mlp." in name:
-        return TensorRole.MLP
-    return TensorRole.NORM
+def weight_role(spec: ArchSpec, name: str) -> TensorRole:
+    """Role of parameter ``name`` of a model of family ``spec``, from its tensor table."""
+    tid = identify(spec, name)
+    if tid is None:
+        raise ModelLoadError(
+            f"parameter '{name}' is not in the {spec.family} tensor table; "
+            "this checkpoint has weights the family spec does not know"
+        )
+    return tid.role
 
 
 def weight_inventory(model: Any) -> list[WeightInfo]:
     """Every stored weight (tied ones once) with its shape and role."""
+    spec = spec_for(model)
     seen: set[int] = set()
     out = []
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
             continue
         seen.add(id(p))
-        out.append(WeightInfo(name=name, shape=tuple(p.shape), role=weight_role(name)))
+        out.append(WeightInfo(name=name, shape=tuple(p.shape), role=weight_role(spec, name)))
     return out
 
 
 def facts_from_config(config: Any, n_params: int, architecture: str | None = None) -> ModelFacts:
-    n_heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+    spec = spec_for(config)
+    k = spec.keys
+    n_heads = int(get(config, k.n_heads))
     return ModelFacts(
-        architecture=architecture or (config.architectures or [type(config).__name__])[0],
-        n_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size,
+        architecture=architecture or (getattr(config, "architectures", None) or [spec.hf_class])[0],
+        family=spec.family,
+        n_layers=int(get(config, k.n_layers)),
+        hidden_size=int(get(config, k.hidden)),
         n_heads=n_heads,
-        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-        head_dim=head_dim,
-        intermediate_size=config.intermediate_size,
-        vocab_size=config.vocab_size,
-        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        n_kv_heads=int(get(config, k.n_kv_heads, n_heads)),
+        head_dim=head_dim(k, config),
+        intermediate_size=int(get(config, k.mlp)),
+        vocab_size=int(get(config, k.vocab)),
+        tied_embeddings=bool(get(config, k.tied, False)),
         n_params=n_params,
-        max_context=getattr(config, "max_position_embeddings", 2048),
+        max_context=int(get(config, k.max_context, 2048)),
+        layer_windows=layer_windows(k, config),
     )

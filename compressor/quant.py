@@ -37,6 +37,12 @@ class TensorRole(StrEnum):
     ATTENTION = "attention"
     MLP = "mlp"
     NORM = "norm"  # 1-D tensors: always F32
+    BIAS = "bias"  # 1-D biases (Qwen2's q/k/v): always F32
+
+    @property
+    def vector(self) -> bool:
+        """1-D tensors kept in float whatever the scheme."""
+        return self in (TensorRole.NORM, TensorRole.BIAS)
 
 
 # Bits per weight of each ggml type (block bytes * 8 / block elements) and its block size.
@@ -214,7 +220,7 @@ class QuantScheme(BaseModel):
 
     def requested_type(self, role: TensorRole) -> str:
         onnx = self.format is ExportFormat.ONNX
-        if role is TensorRole.NORM:
+        if role.vector:
             return "fp32" if onnx else "F32"
         if self.is_mixed:
             return min(self.mixed_types, key=self.bits)
@@ -245,7 +251,7 @@ class QuantScheme(BaseModel):
         chosen = dict(self.overrides)
         want = chosen[name] if name in chosen else self.requested_type(role)
         if self.format is ExportFormat.ONNX:
-            ok = want == "fp32" or role is TensorRole.NORM or row_len % self.block_size == 0
+            ok = want == "fp32" or role.vector or row_len % self.block_size == 0
             kind, block = (want if ok else ONNX_FALLBACK), self.block_size
         else:
             kind, block = want, GGML_BLOCK[want]

@@ -85,7 +85,7 @@ def _measure_onnx(
         gen_tokens=GEN_TOKENS,
         repeats=repeats,
     )
-    rest = max(ctx - prompt - GEN_TOKENS, 0) * cost.kv_bytes_per_token / MIB
+    rest = max(cost.kv_bytes(ctx) - cost.kv_bytes(prompt + GEN_TOKENS), 0.0) / MIB
     ram = Figure(
         value=m["runtime_rss_mib"] + rest,
         unit="MiB",

@@ -1,12 +1,13 @@
-"""GGUF exporter for llama-architecture causal LMs, written with the ``gguf`` package's writer.
+"""GGUF exporter for causal LMs of every registered family, written with the ``gguf`` package's writer.
 
-What llama.cpp needs that is easy to get wrong:
-  * q/k rows permuted from HF's rotate-half layout to llama.cpp's interleaved rotary layout (rows only:
-    blocks run along rows, so permuting packed rows equals packing permuted rows);
-  * ``attention.key_length``/``value_length`` written, since head_dim need not be hidden/heads once
-    heads are pruned;
+What llama.cpp needs that is easy to get wrong (the family's spec says which apply):
+  * q/k rows permuted from HF's rotate-half layout to llama.cpp's interleaved rotary layout for
+    architectures llama.cpp runs with non-NeoX rope (rows only: blocks run along rows, so permuting
+    packed rows equals packing permuted rows);
+  * norm weights stored with the family's offset (Gemma keeps ``w`` for ``x * (1 + w)``; GGUF ``1 + w``);
   * no ``output.weight`` when the head is tied to the embedding;
-  * the tokenizer fields (BPE tokens, merges, pre-tokenizer name, special ids, chat template).
+  * metadata (``gguf_meta``) and the tokenizer fields (``compressor.vocab``).
+Tensor names come from the registry's tensor table through gguf-py's ``MODEL_TENSOR`` names.
 Types we pack ourselves come from the quantize stage (``artifact.quantized``); K-quant mixtures are
 produced by llama.cpp's quantizer from an F32 file we write first.
 """
@@ -20,10 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from compressor.arch import Slot, gguf_name, identify, spec_for
+from compressor.arch.tensors import NORM_SLOTS
 from compressor.artifact import ModelArtifact, weight_inventory
 from compressor.errors import ConfigError, OutputError, require
 from compressor.quant import LLAMA_FTYPES
 from compressor.vocab import GGUFVocab
+from exporters.gguf_meta import add_metadata, arch_name, rope_freqs
 
 log = logging.getLogger(__name__)
 
@@ -35,27 +39,6 @@ def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half row order -> llama.cpp interleaved order, per head. (rows, ...) -> same shape."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _add_metadata(writer: Any, artifact: ModelArtifact, file_type: int) -> None:
-    cfg, f = artifact.model.config, artifact.facts
-    if getattr(cfg, "rope_scaling", None):
-        raise ConfigError(f"GGUF export of rope_scaling={cfg.rope_scaling} is not supported yet")
-    writer.add_name(artifact.source.name)
-    writer.add_context_length(f.max_context)
-    writer.add_embedding_length(f.hidden_size)
-    writer.add_block_count(f.n_layers)
-    writer.add_feed_forward_length(f.intermediate_size)
-    writer.add_head_count(f.n_heads)
-    writer.add_head_count_kv(f.n_kv_heads)
-    writer.add_key_length(f.head_dim)
-    writer.add_value_length(f.head_dim)
-    writer.add_rope_dimension_count(f.head_dim)
-    writer.add_rope_freq_base(float(getattr(cfg, "rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
-    writer.add_vocab_size(f.vocab_size)
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(2)
 
 
 def _add_vocab(writer: Any, vocab: GGUFVocab) -> None:
@@ -81,24 +64,26 @@ def _add_vocab(writer: Any, vocab: GGUFVocab) -> None:
 def _tensor_payloads(artifact: ModelArtifact, own_types: bool) -> list[tuple[str, np.ndarray, Any]]:
     """(gguf name, array, raw ggml type or None) for every weight, in the model's order."""
     gguf = require("gguf", "all")
-    f = artifact.facts
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, f.n_layers)
+    f, spec = artifact.facts, spec_for(artifact.model)
     params = dict(artifact.model.named_parameters(remove_duplicate=False))
     out = []
     for w in weight_inventory(artifact.model):
-        gname = name_map.get_name(w.name, try_suffixes=(".weight", ".bias"))
-        if gname is None:
-            raise ConfigError(f"no GGUF name for tensor {w.name}; this architecture is not supported")
+        tid = identify(spec, w.name)
+        assert tid is not None  # weight_inventory refuses names outside the table
+        gname = gguf_name(spec, tid)
         q = artifact.quantized.get(w.name) if own_types else None
         if q is not None:
             data, raw = q.data, gguf.GGMLQuantizationType[q.kind]
         else:
             data, raw = params[w.name].detach().float().numpy().astype(np.float32), None
-        if gname.endswith("attn_q.weight"):
-            data = _permute_rows(data, f.n_heads)
-        elif gname.endswith("attn_k.weight"):
-            data = _permute_rows(data, f.n_kv_heads)
+            if tid.slot in NORM_SLOTS and tid.kind == "weight" and spec.norm_offset:
+                data = data + np.float32(spec.norm_offset)
+        if spec.permute_qk and tid.slot in (Slot.Q, Slot.K):
+            data = _permute_rows(data, f.n_heads if tid.slot is Slot.Q else f.n_kv_heads)
         out.append((gname, np.ascontiguousarray(data), raw))
+    freqs = rope_freqs(artifact.model.config, f.head_dim)
+    if freqs is not None:
+        out.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", freqs, None))
     return out
 
 
@@ -111,8 +96,8 @@ def write_gguf(artifact: ModelArtifact, path: Path, as_float: bool = False) -> N
     kind = "F32" if as_float or scheme is None else scheme.weight_type
     if kind == "mixed":  # general.file_type is informational: name the type most weights have
         kind = Counter(q.kind for q in artifact.quantized.values()).most_common(1)[0][0]
-    writer = gguf.GGUFWriter(str(path), "llama")
-    _add_metadata(writer, artifact, FILE_TYPES.get(kind, 0))
+    writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
+    add_metadata(writer, artifact, FILE_TYPES.get(kind, 0))
     _add_vocab(writer, artifact.vocab)
     for name, data, raw in _tensor_payloads(artifact, own_types=not as_float):
         writer.add_tensor(name, data, raw_dtype=raw)
@@ -136,18 +121,21 @@ def overhead_bytes(artifact: ModelArtifact) -> int:
         raise ConfigError("GGUF export needs a tokenizer vocabulary; the artifact has none")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "head.gguf"
-        writer = gguf.GGUFWriter(str(path), "llama")
-        _add_metadata(writer, artifact, 0)
+        writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
+        add_metadata(writer, artifact, 0)
         _add_vocab(writer, artifact.vocab)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.close()
         head = path.stat().st_size
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, artifact.facts.n_layers)
+    spec = spec_for(artifact.model)
     infos = 0
     for w in weight_inventory(artifact.model):
-        name = name_map.get_name(w.name, try_suffixes=(".weight", ".bias")) or w.name
+        tid = identify(spec, w.name)
+        name = gguf_name(spec, tid) if tid is not None else w.name
         infos += 8 + len(name.encode()) + 4 + 8 * len(w.shape) + 4 + 8 + 31  # info + data alignment
+    if rope_freqs(artifact.model.config, artifact.facts.head_dim) is not None:
+        infos += 8 + len("rope_freqs.weight") + 4 + 8 + 4 + 8 + 31 + 4 * artifact.facts.head_dim // 2
     return head + infos + 31
 
 

@@ -59,7 +59,7 @@ def tensor_options(
     params = dict(model.named_parameters(remove_duplicate=False))
     out: dict[str, list[Option]] = {}
     for w in weight_inventory(model):
-        if w.role is TensorRole.NORM or len(w.shape) != 2:
+        if w.role.vector or len(w.shape) != 2:
             continue
         x = params[w.name].detach().float().numpy()
         f = fisher[w.name].numpy()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compressor.errors import ExitCode
-from compressor.loading import builtin_path
+from compressor.builtin_models import builtin_path
 from exporters import llama_runtime
 from exporters.gguf import export_gguf, llama_cpp_quantize
 from tests.conftest import LICENSE_TEXT
