@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from compressor import __version__
+from compressor.arch import supported
+from compressor.builtin_models import BUILTIN_MODELS
 from compressor.errors import CompressorError, ExitCode
 
 EXIT_CODES_HELP = """exit codes:
@@ -62,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="load -> quantize -> export (GGUF) -> measure -> package, checking the "
         "device budgets after every stage.",
     )
-    c.add_argument("model", help="built-in name (smollm2-135m), a .gguf file, or a Hugging Face directory")
+    c.add_argument(
+        "model",
+        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a .gguf file, or a Hugging Face directory "
+        f"of a supported family (model types: {supported()})",
+    )
     c.add_argument("--device", required=True, help="profile name (see 'compressor profiles list') or .toml")
     c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
     c.add_argument(

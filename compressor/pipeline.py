@@ -143,6 +143,7 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
                 PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
             )
         profile.check_context(artifact.facts.max_context, req.model)
+        _check_formats(artifact, schemes, req.model)
         if req.calib_data and (req.prune is not None or req.distill or req.qat):
             from compressor.calibration import check_token_counts
             from stages.distill import DistillConfig
@@ -183,6 +184,17 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         (staging / name).write_text(text, encoding="utf-8")
     out.commit()
     return report
+
+
+def _check_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: str) -> None:
+    """A family whose export to a requested format is not possible says so before any work."""
+    from exporters.validate import format_problems
+
+    problems = [f"{s.name}: {p}" for s in schemes for p in format_problems(artifact.model, s.format)]
+    if problems:
+        raise ConfigError(
+            f"{model} ({artifact.facts.family}) cannot be exported as requested: " + "; ".join(problems)
+        )
 
 
 def _train_only(req: CompressRequest, profile: DeviceProfile, schemes: list[QuantScheme]) -> RunReport:

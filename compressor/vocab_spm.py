@@ -17,10 +17,13 @@ special or user-defined token, then writes spaces as ``▁``; the HF equivalent 
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from compressor.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
 
 SPACE = "▁"  # U+2581, SentencePiece's escaped space
 BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -29,8 +32,9 @@ BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
     """Every split of every token into two tokens, highest-scoring result first (ties: lower id).
 
-    A token reached by several splits gets them all, adjacent: they can never compete for the same
-    characters, so their relative order does not change any tokenization.
+    The splits of one token share its score. llama.cpp breaks a tie between two candidate pairs by
+    position, HF by rank; the two can only disagree for a periodic token ("▁▁▁") whose splits overlap
+    ([▁▁][▁][▁▁]), as for HF's own SentencePiece conversions.
     """
     ids = {t: i for i, t in enumerate(tokens)}
     ranked = []
@@ -76,21 +80,40 @@ def spm_backend(tokens: list[str], scores: list[float], unk: str | None, space_p
     return tk
 
 
+# llama.cpp drops the whitespace after special and user-defined tokens when ``general.name`` says Phi-3
+# (Phi-3's tokenizer.json marks them ``rstrip``), except after these.
+PHI3_KEEP_SPACE = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def phi3_rstrip(general_name: str | None) -> bool:
+    """Whether llama.cpp gives special tokens Phi-3's ``rstrip`` for a model of this name."""
+    name = (general_name or "").lower()
+    return "phi-3" in name or "phi3" in name
+
+
 def spm_space_prefix(spec: dict[str, Any]) -> bool:
     """Whether a SentencePiece-style ``tokenizer.json`` adds a leading ``▁`` (llama.cpp's
     ``add_space_prefix``): Prepend+Replace normalizer (Llama-2, Mistral, Phi-3), Replace alone (Gemma),
     or a Metaspace pre-tokenizer. Anything else raises ``ModelLoadError``."""
     norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
-    steps = [s.get("type") for s in norm.get("normalizers", [norm] if norm else [])]
-    if not pre and steps in (["Prepend", "Replace"], ["Replace"]):
-        replace = norm.get("normalizers", [norm])[-1]
-        if replace.get("pattern", {}).get("String") == " " and replace.get("content") == SPACE:
-            return steps[0] == "Prepend"
+    steps = norm.get("normalizers", [norm] if norm else [])
+    kinds = [s.get("type") for s in steps]
+    replaces = bool(steps) and steps[-1] == {"type": "Replace", "pattern": {"String": " "}, "content": SPACE}
+    if replaces and pre.get("type") == "Split" and pre.get("pattern") == {"String": " "}:
+        pre = {}  # Gemma's: splits on spaces the normalizer has already replaced, a no-op
+    if replaces and not pre and kinds == ["Replace"]:
+        return False
+    if replaces and not pre and len(steps) == 2 and steps[0] == {"type": "Prepend", "prepend": SPACE}:
+        return True
     if not steps and pre.get("type") == "Metaspace" and pre.get("replacement") == SPACE:
-        # "first" adds no ▁ after special tokens where llama.cpp does: ids can differ right after them.
+        if pre.get("prepend_scheme") == "first":
+            log.warning(
+                "the tokenizer adds no space after special tokens (Metaspace prepend_scheme 'first'); "
+                "llama.cpp does, so token ids can differ right after them"
+            )
         return pre.get("prepend_scheme", "always") != "never"
     raise ModelLoadError(
-        f"the SentencePiece-style tokenizer has normalizer {steps or None} and pre-tokenizer "
+        f"the SentencePiece-style tokenizer has normalizer {kinds or None} and pre-tokenizer "
         f"{pre.get('type')!r}, which have no llama.cpp equivalent (supported: Prepend+Replace or Replace "
         "normalizer without pre-tokenizer, or a Metaspace pre-tokenizer)"
     )

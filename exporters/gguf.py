@@ -26,7 +26,7 @@ from compressor.arch.tensors import NORM_SLOTS
 from compressor.artifact import ModelArtifact, weight_inventory
 from compressor.errors import ConfigError, OutputError, require
 from compressor.quant import LLAMA_FTYPES
-from compressor.vocab import GGUFVocab
+from compressor.vocab import write_gguf_vocab
 from exporters.gguf_meta import add_metadata, arch_name, rope_freqs
 
 log = logging.getLogger(__name__)
@@ -39,26 +39,6 @@ def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF rotate-half row order -> llama.cpp interleaved order, per head. (rows, ...) -> same shape."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _add_vocab(writer: Any, vocab: GGUFVocab) -> None:
-    writer.add_tokenizer_model(vocab.model)
-    writer.add_tokenizer_pre(vocab.pre)
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_types(vocab.token_types)
-    if vocab.merges:
-        writer.add_token_merges(vocab.merges)
-    for setter, value in (
-        (writer.add_bos_token_id, vocab.bos_id),
-        (writer.add_eos_token_id, vocab.eos_id),
-        (writer.add_unk_token_id, vocab.unk_id),
-        (writer.add_pad_token_id, vocab.pad_id),
-    ):
-        if value is not None:
-            setter(int(value))
-    writer.add_add_bos_token(vocab.add_bos)
-    if vocab.chat_template:
-        writer.add_chat_template(vocab.chat_template)
 
 
 def _tensor_payloads(artifact: ModelArtifact, own_types: bool) -> list[tuple[str, np.ndarray, Any]]:
@@ -98,7 +78,7 @@ def write_gguf(artifact: ModelArtifact, path: Path, as_float: bool = False) -> N
         kind = Counter(q.kind for q in artifact.quantized.values()).most_common(1)[0][0]
     writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
     add_metadata(writer, artifact, FILE_TYPES.get(kind, 0))
-    _add_vocab(writer, artifact.vocab)
+    write_gguf_vocab(writer, artifact.vocab)
     for name, data, raw in _tensor_payloads(artifact, own_types=not as_float):
         writer.add_tensor(name, data, raw_dtype=raw)
     try:
@@ -123,7 +103,7 @@ def overhead_bytes(artifact: ModelArtifact) -> int:
         path = Path(tmp) / "head.gguf"
         writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
         add_metadata(writer, artifact, 0)
-        _add_vocab(writer, artifact.vocab)
+        write_gguf_vocab(writer, artifact.vocab)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,26 @@ def rope_freqs(config: Any, head_dim: int) -> np.ndarray | None:
     return np.asarray(out, dtype=np.float32)
 
 
+def _file_name(artifact: ModelArtifact) -> str:
+    """general.name: the source's file or folder name, not its path. llama.cpp strips whitespace after
+    special tokens (Phi-3's tokenizer does) exactly when this name contains "phi3" or "phi-3", so the
+    name says so when, and only when, the tokenizer does."""
+    name = Path(artifact.source.name).name.removesuffix(".gguf") or "model"
+    rstrip = bool(artifact.vocab and artifact.vocab.rstrip_special)
+    marked = re.search(r"phi-?3", name, re.IGNORECASE) is not None
+    if rstrip and not marked:
+        return f"phi3-{name}"
+    if marked and not rstrip:
+        return re.sub(r"(?i)phi(-?)3", r"phi\1_3", name)
+    return name
+
+
 def add_metadata(writer: Any, artifact: ModelArtifact, file_type: int) -> None:
     import gguf
 
     cfg, f = artifact.model.config, artifact.facts
     spec, k = spec_for(cfg), spec_for(cfg).keys
-    # the file or folder name, not the path: llama.cpp keys tokenizer quirks off substrings of it
-    writer.add_name(Path(artifact.source.name).name.removesuffix(".gguf") or artifact.source.name)
+    writer.add_name(_file_name(artifact))
     writer.add_context_length(f.max_context)
     writer.add_embedding_length(f.hidden_size)
     writer.add_block_count(f.n_layers)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compressor.arch import spec_for
 from compressor.artifact import ModelArtifact
 from compressor.errors import ValidationError
 from compressor.quant import ExportFormat
@@ -94,6 +95,19 @@ def _rounded(stats: dict[str, float]) -> dict[str, float]:
 
 Exporter = Callable[[ModelArtifact, Path, list[int], np.ndarray, bool], tuple[list[Path], dict[str, Any]]]
 EXPORTERS: dict[ExportFormat, Exporter] = {ExportFormat.GGUF: _export_gguf, ExportFormat.ONNX: _export_onnx}
+
+
+def format_problems(model: Any, fmt: ExportFormat) -> list[str]:
+    """Why a model of this family cannot be written to ``fmt`` so that its runtime matches torch
+    ([] = it can); asked before any work starts."""
+    spec = spec_for(model)
+    if fmt is ExportFormat.GGUF:
+        from exporters.gguf_meta import export_problems
+
+        return export_problems(model.config)
+    if not spec.onnx_exporter:
+        return [f"ONNX export of the {spec.family} family is not available"]
+    return []
 
 
 def export_and_validate(

@@ -76,7 +76,7 @@ def build_family_model(family: str, root: Path, seed: int = 0, tokenizer: Any = 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # random norms, so that a wrong norm offset or a dropped norm shows
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     root.mkdir(parents=True, exist_ok=True)
