@@ -97,6 +97,7 @@ class ModelCost(BaseModel):
             return self.kv_bytes_per_token * positions
         per_layer = self.kv_bytes_per_token / len(self.kv_windows)
         return kv_cache_bytes(self.kv_windows, 1, positions, per_layer / 2)
+
     vocab_size: int
     quantized: bool  # llama.cpp then multiplies with 8-bit activations
     basis: str  # what stored_bytes is: an estimate at a scheme, or a file's bytes

@@ -323,7 +323,9 @@ def _plan_pruning(
         return None
     row = _row_multiple(schemes)
     if req.prune.strip() == "auto":
-        config, why = prune_auto.choose(artifact.facts, schemes, profile, row)
+        config, why = prune_auto.choose(
+            artifact.facts, schemes, profile, row, inventory=weight_inventory(artifact.model)
+        )
         if why["chosen"] == "none":
             return None
         config = config.model_copy(

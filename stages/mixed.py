@@ -23,7 +23,7 @@ from compressor.artifact import weight_inventory
 from compressor.ggml_search import weighted_quantize
 from compressor.ggml_types import dequantize
 from compressor.onnx_search import weighted_quantize_onnx
-from compressor.quant import ExportFormat, QuantScheme, TensorRole
+from compressor.quant import ExportFormat, QuantScheme
 
 
 @dataclass(frozen=True)

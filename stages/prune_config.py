@@ -13,11 +13,13 @@ import math
 
 from pydantic import BaseModel, ConfigDict
 
+from compressor.arch import ARCHITECTURES
 from compressor.artifact import ModelFacts
 from compressor.errors import ConfigError
 from stages.importance import Importance
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+# Every registered family prunes (the tensor table says where each head's and channel's rows are)
+SUPPORTED_ARCHITECTURES = tuple(spec.hf_class for spec in ARCHITECTURES.values())
 KEYS = ("heads", "kv_heads", "mlp", "layers")
 
 

@@ -38,6 +38,10 @@ class Slot(StrEnum):
     MLP_POST_NORM = "mlp_post_norm"
 
 
+# What a fused slot holds, rows stacked in this order
+FUSED: dict[Slot, tuple[Slot, ...]] = {Slot.QKV: (Slot.Q, Slot.K, Slot.V), Slot.GATE_UP: (Slot.GATE, Slot.UP)}
+
+
 @dataclass(frozen=True)
 class TensorRule:
     """One row of a family's tensor table: the module holding a weight (and its bias, if any).
@@ -61,6 +65,8 @@ class ArchSpec:
     tensors: tuple[TensorRule, ...]
     keys: ConfigKeys
     layers_path: str = "model.layers"
+    # config attributes holding one entry per layer (kept in step when layers are dropped)
+    per_layer_config: tuple[str, ...] = ("layer_types",)
     objective: Objective = Objective.CAUSAL_LM
     # llama.cpp's non-NeoX rope for this arch: q/k rows go from HF's rotate-half order to interleaved
     permute_qk: bool = False

@@ -126,7 +126,7 @@ class TensorId:
 def _pattern(spec: ArchSpec) -> tuple[re.Pattern[str], dict[str, Slot]]:
     layer = re.escape(spec.layers_path) + r"\.(\d+)\."
     by_module = {}
-    alts = []
+    alts: list[str] = []
     for r in spec.tensors:
         key = ("L:" if r.in_layer else "G:") + r.module
         by_module[key] = r.slot
