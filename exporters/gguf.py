@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from compressor.arch import Slot, gguf_name, identify, spec_for
+from compressor.arch import ARCHITECTURES, ArchSpec, Slot, TensorId, gguf_name, identify, spec_for
+from compressor.arch.spec import FUSED
 from compressor.arch.tensors import NORM_SLOTS
 from compressor.artifact import ModelArtifact, weight_inventory
 from compressor.errors import ConfigError, OutputError, require
@@ -41,24 +42,54 @@ def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _tensor_payloads(artifact: ModelArtifact, own_types: bool) -> list[tuple[str, np.ndarray, Any]]:
-    """(gguf name, array, raw ggml type or None) for every weight, in the model's order."""
-    gguf = require("gguf", "all")
-    f, spec = artifact.facts, spec_for(artifact.model)
-    params = dict(artifact.model.named_parameters(remove_duplicate=False))
+def gguf_layout(artifact: ModelArtifact) -> tuple[ArchSpec, bool]:
+    """(spec whose GGUF architecture and tensor names the file uses, whether q/k rows are permuted)."""
+    spec, f = spec_for(artifact.model), artifact.facts
+    if spec.gguf_pruned_arch and f.n_heads * f.head_dim != f.hidden_size:
+        target = ARCHITECTURES[spec.gguf_pruned_arch]
+        return target, target.permute_qk
+    return spec, spec.permute_qk
+
+
+def _parts(artifact: ModelArtifact, target: ArchSpec) -> list[tuple[str, str, TensorId, slice | None]]:
+    """(gguf name, torch name, the part's id, its rows in the torch tensor) for every stored tensor;
+    a fused tensor becomes one entry per part when the target architecture has no fused slot."""
+    spec, f = spec_for(artifact.model), artifact.facts
+    widths = {Slot.Q: f.n_heads * f.head_dim, Slot.K: f.n_kv_heads * f.head_dim}
+    widths |= {Slot.V: widths[Slot.K], Slot.GATE: f.intermediate_size, Slot.UP: f.intermediate_size}
     out = []
     for w in weight_inventory(artifact.model):
         tid = identify(spec, w.name)
         assert tid is not None  # weight_inventory refuses names outside the table
-        gname = gguf_name(spec, tid)
-        q = artifact.quantized.get(w.name) if own_types else None
+        if tid.slot in FUSED and not target.has(tid.slot):
+            start = 0
+            for part in FUSED[tid.slot]:
+                pid = TensorId(part, tid.layer, tid.kind)
+                out.append((gguf_name(target, pid), w.name, pid, slice(start, start + widths[part])))
+                start += widths[part]
+        else:
+            out.append((gguf_name(target, tid), w.name, tid, None))
+    return out
+
+
+def _tensor_payloads(artifact: ModelArtifact, own_types: bool) -> list[tuple[str, np.ndarray, Any]]:
+    """(gguf name, array, raw ggml type or None) for every weight, in the model's order."""
+    gguf = require("gguf", "all")
+    f, spec = artifact.facts, spec_for(artifact.model)
+    target, permute = gguf_layout(artifact)
+    params = dict(artifact.model.named_parameters(remove_duplicate=False))
+    out = []
+    for gname, name, tid, rows in _parts(artifact, target):
+        q = artifact.quantized.get(name) if own_types else None
         if q is not None:
             data, raw = q.data, gguf.GGMLQuantizationType[q.kind]
         else:
-            data, raw = params[w.name].detach().float().numpy().astype(np.float32), None
+            data, raw = params[name].detach().float().numpy().astype(np.float32), None
             if tid.slot in NORM_SLOTS and tid.kind == "weight" and spec.norm_offset:
                 data = data + np.float32(spec.norm_offset)
-        if spec.permute_qk and tid.slot in (Slot.Q, Slot.K):
+        if rows is not None:  # packed blocks run along rows: a row range of blocks is that part
+            data = data[rows]
+        if permute and tid.slot in (Slot.Q, Slot.K):
             data = _permute_rows(data, f.n_heads if tid.slot is Slot.Q else f.n_kv_heads)
         out.append((gname, np.ascontiguousarray(data), raw))
     freqs = rope_freqs(artifact.model.config, f.head_dim)
@@ -76,7 +107,7 @@ def write_gguf(artifact: ModelArtifact, path: Path, as_float: bool = False) -> N
     kind = "F32" if as_float or scheme is None else scheme.weight_type
     if kind == "mixed":  # general.file_type is informational: name the type most weights have
         kind = Counter(q.kind for q in artifact.quantized.values()).most_common(1)[0][0]
-    writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
+    writer = gguf.GGUFWriter(str(path), arch_name(gguf_layout(artifact)[0]))
     add_metadata(writer, artifact, FILE_TYPES.get(kind, 0))
     write_gguf_vocab(writer, artifact.vocab)
     for name, data, raw in _tensor_payloads(artifact, own_types=not as_float):
@@ -101,19 +132,17 @@ def overhead_bytes(artifact: ModelArtifact) -> int:
         raise ConfigError("GGUF export needs a tokenizer vocabulary; the artifact has none")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "head.gguf"
-        writer = gguf.GGUFWriter(str(path), arch_name(spec_for(artifact.model)))
+        writer = gguf.GGUFWriter(str(path), arch_name(gguf_layout(artifact)[0]))
         add_metadata(writer, artifact, 0)
         write_gguf_vocab(writer, artifact.vocab)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.close()
         head = path.stat().st_size
-    spec = spec_for(artifact.model)
+    shapes = {w.name: w.shape for w in weight_inventory(artifact.model)}
     infos = 0
-    for w in weight_inventory(artifact.model):
-        tid = identify(spec, w.name)
-        name = gguf_name(spec, tid) if tid is not None else w.name
-        infos += 8 + len(name.encode()) + 4 + 8 * len(w.shape) + 4 + 8 + 31  # info + data alignment
+    for name, torch_name, _, _ in _parts(artifact, gguf_layout(artifact)[0]):
+        infos += 8 + len(name.encode()) + 4 + 8 * len(shapes[torch_name]) + 4 + 8 + 31  # + alignment
     if rope_freqs(artifact.model.config, artifact.facts.head_dim) is not None:
         infos += 8 + len("rope_freqs.weight") + 4 + 8 + 4 + 8 + 31 + 4 * artifact.facts.head_dim // 2
     return head + infos + 31

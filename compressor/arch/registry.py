@@ -37,6 +37,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         gguf_arch="QWEN2",
         tensors=t.LLAMA,
         keys=ConfigKeys(windows=WindowRule.LAYER_TYPES),
+        gguf_pruned_arch="llama",
     ),
     "qwen3": ArchSpec(
         family="qwen3",  # q/k RMS norms
@@ -70,6 +71,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         tensors=t.PHI3,
         keys=ConfigKeys(windows=WindowRule.ALL, partial_rotary="partial_rotary_factor"),
         gguf_ignores_window=True,
+        gguf_pruned_arch="llama",
     ),
 }
 BY_MODEL_TYPE = {mt: spec for spec in ARCHITECTURES.values() for mt in spec.model_types}

@@ -77,6 +77,10 @@ class ArchSpec:
     # llama.cpp's layer pattern when a file names a window but no per-layer pattern: every n-th
     # layer attends globally (0 = every layer slides)
     gguf_swa_period: int = 0
+    # llama.cpp's architecture assumes heads x head_dim == hidden (Qwen2, Phi-3); when pruning breaks
+    # that, the file is written as this architecture instead (the same computation: q/k rows permuted
+    # to its rope layout, biases kept, fused parts split)
+    gguf_pruned_arch: str | None = None
     onnx_exporter: str = "optimum"  # "optimum" (optimum-onnx knows the family) or "" (no ONNX export)
 
     def rule(self, slot: Slot) -> TensorRule | None:
