@@ -35,7 +35,6 @@ def main() -> None:
     from compressor.artifact import weight_inventory
     from compressor.ggml_types import quantize_tensor
     from compressor.loading import load_model
-    from compressor.quant import TensorRole
     from exporters.workers import compare_logits
     from stages.calib_stats import fisher_diagonal, input_importance
 

@@ -57,7 +57,7 @@ def _parts(artifact: ModelArtifact, target: ArchSpec) -> list[tuple[str, str, Te
     spec, f = spec_for(artifact.model), artifact.facts
     widths = {Slot.Q: f.n_heads * f.head_dim, Slot.K: f.n_kv_heads * f.head_dim}
     widths |= {Slot.V: widths[Slot.K], Slot.GATE: f.intermediate_size, Slot.UP: f.intermediate_size}
-    out = []
+    out: list[tuple[str, str, TensorId, slice | None]] = []
     for w in weight_inventory(artifact.model):
         tid = identify(spec, w.name)
         assert tid is not None  # weight_inventory refuses names outside the table

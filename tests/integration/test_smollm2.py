@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.errors import ExitCode
 from compressor.builtin_models import builtin_path
+from compressor.errors import ExitCode
 from exporters import llama_runtime
 from exporters.gguf import export_gguf, llama_cpp_quantize
 from tests.conftest import LICENSE_TEXT
