@@ -40,7 +40,7 @@ class ModelFacts(BaseModel):
 
     model_config = ConfigDict(frozen=True)
     architecture: str
-    family: str = "llama"
+    family: str = ""  # the registry entry (compressor.arch)
     n_layers: int
     hidden_size: int
     n_heads: int

@@ -2,7 +2,7 @@
 
 What the registry's spec says and llama.cpp needs: the architecture name, ``key_length``/
 ``value_length`` (head_dim need not be hidden/heads once heads are pruned), the rope dimension
-(partial rotary), rope scaling (Llama 3's frequency factors travel as a ``rope_freqs`` tensor, as
+(partial rotary), rope scaling (frequency factors travel as a ``rope_freqs`` tensor, as
 llama.cpp's converter writes them; linear scaling as a factor), Gemma 3's sliding-window size and
 per-layer pattern (written as an array, so pruned layer lists stay right) and local rope base.
 ``export_problems`` tells before any work starts what llama.cpp could not run as the torch model does.
@@ -49,12 +49,14 @@ def export_problems(config: Any) -> list[str]:
     """What keeps a GGUF of this model from running in llama.cpp as it does in torch ([] = none)."""
     spec, k, problems = spec_for(config), spec_for(config).keys, []
     rs = _rope_scaling(spec, config)
-    if rs and rs["rope_type"] not in ("llama3", "linear"):
+    written = tuple(t for t in (spec.rope_freqs_type, "linear") if t)
+    if rs and rs["rope_type"] not in written:
         problems.append(
-            f"rope scaling '{rs['rope_type']}' is not written to GGUF yet (llama3 and linear are)"
+            f"{spec.family} rope scaling '{rs['rope_type']}' has no GGUF form here yet "
+            f"(written: {', '.join(written)})"
         )
-    if rs and rs["rope_type"] == "llama3" and spec.gguf_arch not in ("LLAMA",):
-        problems.append(f"llama3 rope scaling on the {spec.family} architecture has no GGUF form")
+    elif rs and rs["rope_type"] == spec.rope_freqs_type and not _has_rope_freqs(spec):
+        problems.append(f"llama.cpp's {spec.gguf_arch.lower()} architecture takes no rope_freqs tensor")
     if get(config, k.attn_softcap):
         problems.append("attention logit soft-capping is not run by llama.cpp for this architecture")
     scalar = get(config, k.attn_scalar)
@@ -65,10 +67,11 @@ def export_problems(config: Any) -> list[str]:
 
 
 def rope_freqs(config: Any, head_dim: int) -> np.ndarray | None:
-    """Llama 3 rope frequency factors (one per rotary pair), or None for other scalings."""
+    """Rope frequency factors (one per rotary pair) for the rope scaling the family's spec says travels
+    as a ``rope_freqs`` tensor, or None for other scalings."""
     spec = spec_for(config)
     rs = _rope_scaling(spec, config)
-    if not rs or rs["rope_type"] != "llama3":
+    if not rs or rs["rope_type"] != spec.rope_freqs_type:
         return None
     base = float(get(config, spec.keys.rope_theta, 10000.0))
     factor, low, high = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])

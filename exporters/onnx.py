@@ -226,7 +226,7 @@ def export_onnx(artifact: ModelArtifact, out_dir: Path) -> tuple[Path, dict[str,
 def load_ort_causal_lm(onnx_dir: Path) -> Any:
     """``optimum.onnxruntime.ORTModelForCausalLM`` for our export directory.
 
-    optimum-onnx 0.1.0 derives the KV head size as hidden / heads for llama and ignores
+    optimum-onnx 0.1.0 derives the KV head size as hidden / heads and ignores
     ``config.head_dim``; after head pruning those differ (576 / 6 != 64), so set it from the config.
     """
     ort_models = require("optimum.onnxruntime", "onnx")

@@ -19,6 +19,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         tensors=t.LLAMA,
         keys=ConfigKeys(),
         permute_qk=True,
+        rope_freqs_type="llama3",
     ),
     "mistral": ArchSpec(
         family="mistral",  # llama.cpp runs Mistral as its llama architecture

@@ -70,6 +70,8 @@ class ArchSpec:
     objective: Objective = Objective.CAUSAL_LM
     # llama.cpp's non-NeoX rope for this arch: q/k rows go from HF's rotate-half order to interleaved
     permute_qk: bool = False
+    # HF rope_type whose frequency factors llama.cpp reads from a rope_freqs tensor
+    rope_freqs_type: str | None = None
     # HF stores RMS norm weights as w with y = x * (1 + w); GGUF stores 1 + w
     norm_offset: float = 0.0
     # llama.cpp names a sliding-window size for this arch but ignores it (full attention in every layer)
