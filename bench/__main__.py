@@ -18,6 +18,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 STEPS = {
     "distill_loop": [],
     "quality": ["--distill-minutes"],
+    "family_quality": [],
     "speed": ["--rounds"],
     "pipeline_time": [],
 }
@@ -29,7 +30,7 @@ def _load(name: str) -> dict:
 
 
 def write_report() -> Path:
-    distill, quality, speed, pipe = (_load(n) for n in STEPS)
+    distill, quality, speed, pipe = (_load(n) for n in ("distill_loop", "quality", "speed", "pipeline_time"))
     parts = [
         "# Benchmarks",
         "",
@@ -50,6 +51,18 @@ def write_report() -> Path:
             quality["table"],
             "",
             "![size vs KL](pareto.svg)",
+            "",
+        ]
+    gemma = _load("quality_gemma3")
+    if gemma:
+        parts += [
+            "## Quality at size on a second family (Gemma 3 270M, `bench.family_quality`)",
+            "",
+            f"Measured on {gemma['host']}. Same harness and held-out license tokens; the teacher is",
+            "the packaged Q4_K_M GGUF dequantized. llama.cpp's quantizer starts from our F32 GGUF of that",
+            "teacher (exact against torch); onnxruntime's from optimum-onnx's fp32 export.",
+            "",
+            gemma["table"],
             "",
         ]
     sens = _load("sensitivity")
