@@ -149,7 +149,17 @@ def main() -> None:
         row = {"label": label, "family": family, "file": rel, "build_seconds": build_s, **scores}
         results.append(row)
         print(json.dumps(row), flush=True)
-    write(results)
+    write(_merge_previous(results) if args.only else results)
+
+
+def _merge_previous(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With --only: this run's rows replace the same labels of the last saved run; others are kept."""
+    path = RESULTS / "quality_gemma3.json"
+    if not path.is_file():
+        return results
+    new = {r["label"]: r for r in results}
+    old = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    return [new.pop(r["label"], r) for r in old] + list(new.values())
 
 
 def write(results: list[dict[str, Any]]) -> None:
