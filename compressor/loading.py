@@ -6,7 +6,6 @@ run arbitrary code; ``trust_remote_code`` stays off unless the user asks for it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -68,14 +67,6 @@ _CONVERT = (
     "convert it to safetensors in a trusted environment "
     "(model.save_pretrained(dir, safe_serialization=True)) and pass that directory"
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_gguf_fields(path: Path) -> tuple[dict[str, Any], Any]:

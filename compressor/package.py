@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.artifact import ModelArtifact
+from compressor.builtin_models import sha256_file
 from compressor.device_profile import DeviceProfile
-from compressor.loading import sha256_file
 from compressor.outdir import OWNER_FILE
 from compressor.report import RunReport
 
