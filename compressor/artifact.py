@@ -52,10 +52,18 @@ class ModelFacts(BaseModel):
     n_params: int
     max_context: int
     layer_windows: tuple[int, ...] = ()  # per layer: sliding-window size, 0 = whole context
+    task: str = ""  # encoders: "embedding" or "classification" (compressor.encoder.Task); "" = decoder
+    n_labels: int = 0  # classifiers: number of output labels
+
+    @property
+    def is_encoder(self) -> bool:
+        return bool(self.task)
 
     def kv_cache_bytes(self, context_length: int, bytes_per_value: float = 2.0) -> float:
         """K and V for every layer at ``context_length`` (llama.cpp's default cache type is F16);
-        a sliding-window layer holds only its window."""
+        a sliding-window layer holds only its window. Encoders keep no cache."""
+        if self.is_encoder:
+            return 0.0
         return kv_cache_bytes(
             self.layer_windows or (0,) * self.n_layers,
             self.n_kv_heads * self.head_dim,

@@ -137,7 +137,9 @@ def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"{path}/config.json could not be read: {exc}") from None
-    spec_for_model_type(config.model_type, str(path / "config.json"))
+    spec = spec_for_model_type(config.model_type, str(path / "config.json"))
+    if spec.is_encoder:
+        return _load_encoder(source, spec, config, trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -152,6 +154,31 @@ def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{path}: a fast tokenizer (tokenizer.json) is required")
     return _artifact(model, tokenizer, source, vocab_from_hf_tokenizer(tokenizer))
+
+
+def _load_encoder(source: ModelSource, spec: Any, config: Any, trust_remote_code: bool) -> ModelArtifact:
+    from transformers import AutoTokenizer
+
+    from compressor.encoder import build_encoder, encoder_facts
+
+    path = Path(source.path)
+    model = build_encoder(path, spec, config, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the tokenizer in {path}: {type(exc).__name__}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{path}: a fast tokenizer (tokenizer.json) is required")
+    facts = encoder_facts(model)
+    log.info(
+        "loaded %s: %s encoder (%s, %s), %.1f M parameters",
+        source.name,
+        spec.family,
+        facts.task,
+        model.pooling.describe() if facts.task == "embedding" else f"{facts.n_labels} labels",
+        facts.n_params / 1e6,
+    )
+    return ModelArtifact(model=model, tokenizer=tokenizer, facts=facts, source=source, lineage=("load",))
 
 
 def _artifact(model: Any, tokenizer: Any, source: ModelSource, vocab: GGUFVocab) -> ModelArtifact:

@@ -7,7 +7,7 @@ from typing import Any
 
 from compressor.arch import tensors as t
 from compressor.arch.config_keys import ConfigKeys, WindowRule
-from compressor.arch.spec import ArchSpec
+from compressor.arch.spec import ArchSpec, Objective
 from compressor.errors import ModelLoadError
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -73,6 +73,35 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         keys=ConfigKeys(windows=WindowRule.ALL, partial_rotary="partial_rotary_factor"),
         gguf_ignores_window=True,
         gguf_pruned_arch="llama",
+    ),
+    "bert": ArchSpec(
+        family="bert",  # BERT, MiniLM, sentence-transformers (all-MiniLM-L6-v2, bge-small, e5-small)
+        model_types=("bert",),
+        hf_class="BertModel",
+        gguf_arch="BERT",
+        tensors=t.BERT,
+        keys=ConfigKeys(norm_eps="layer_norm_eps"),
+        layers_path="bert.encoder.layer",
+        per_layer_config=(),
+        objective=Objective.ENCODER,
+        base_prefix="bert",
+        base_class="BertModel",
+        classifier_class="BertForSequenceClassification",
+    ),
+    "roberta": ArchSpec(
+        family="roberta",  # RoBERTa, XLM-RoBERTa (multilingual MiniLM/e5 variants)
+        model_types=("roberta", "xlm-roberta"),
+        hf_class="RobertaModel",
+        gguf_arch="BERT",
+        tensors=t.ROBERTA,
+        keys=ConfigKeys(norm_eps="layer_norm_eps"),
+        layers_path="roberta.encoder.layer",
+        per_layer_config=(),
+        objective=Objective.ENCODER,
+        base_prefix="roberta",
+        base_class="RobertaModel",
+        classifier_class="RobertaForSequenceClassification",
+        position_offset=2,  # positions count from padding_idx + 1
     ),
 }
 BY_MODEL_TYPE = {mt: spec for spec in ARCHITECTURES.values() for mt in spec.model_types}

@@ -36,6 +36,14 @@ class Slot(StrEnum):
     GATE_UP = "gate_up"
     DOWN = "down"
     MLP_POST_NORM = "mlp_post_norm"
+    # encoders (BERT family): absolute positions, token types, post-LN after each residual add
+    POS_EMBED = "pos_embed"
+    TYPE_EMBED = "type_embed"
+    EMBED_NORM = "embed_norm"
+    ATTN_OUT_NORM = "attn_out_norm"  # LayerNorm(x + attention(x))
+    LAYER_OUT_NORM = "layer_out_norm"  # LayerNorm(h + mlp(h))
+    POOLER = "pooler"  # dense + tanh on the first token (BERT's next-sentence pooler)
+    CLASSIFIER = "classifier"  # a sequence-classification head's matrices
 
 
 # What a fused slot holds, rows stacked in this order
@@ -53,7 +61,8 @@ class TensorRule:
 
 
 class Objective(StrEnum):
-    CAUSAL_LM = "causal-lm"
+    CAUSAL_LM = "causal-lm"  # decoder: next-token logits, KV cache, decode latency
+    ENCODER = "encoder"  # bidirectional encoder: a pooled embedding or a classifier's logits per input
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,12 @@ class ArchSpec:
     # to its rope layout, biases kept, fused parts split)
     gguf_pruned_arch: str | None = None
     onnx_exporter: str = "optimum"  # "optimum" (optimum-onnx knows the family) or "" (no ONNX export)
+    # encoders: the attribute of the HF task model holding the base model ("bert", "roberta"), the
+    # base class, the classification class, and the position-id offset (RoBERTa counts from pad + 1)
+    base_prefix: str = ""
+    base_class: str = ""
+    classifier_class: str = ""
+    position_offset: int = 0
 
     def rule(self, slot: Slot) -> TensorRule | None:
         return next((r for r in self.tensors if r.slot is slot), None)
@@ -96,6 +111,10 @@ class ArchSpec:
         if rule is None:
             raise KeyError(f"{self.family} has no {slot} tensor")
         return rule.module
+
+    @property
+    def is_encoder(self) -> bool:
+        return self.objective is Objective.ENCODER
 
     @property
     def sandwich_norms(self) -> bool:

@@ -66,9 +66,43 @@ PHI3 = (
     )
 )
 
+# BERT-family encoders (names relative to the task model: ``bert.`` + the base model's names)
+def _encoder(prefix: str, classifier: tuple[TensorRule, ...]) -> tuple[TensorRule, ...]:
+    emb = f"{prefix}.embeddings"
+    return (
+        TensorRule(f"{emb}.word_embeddings", Slot.EMBED, _G),
+        TensorRule(f"{emb}.position_embeddings", Slot.POS_EMBED, _G),
+        TensorRule(f"{emb}.token_type_embeddings", Slot.TYPE_EMBED, _G),
+        TensorRule(f"{emb}.LayerNorm", Slot.EMBED_NORM, _G),
+        TensorRule("attention.self.query", Slot.Q),
+        TensorRule("attention.self.key", Slot.K),
+        TensorRule("attention.self.value", Slot.V),
+        TensorRule("attention.output.dense", Slot.O),
+        TensorRule("attention.output.LayerNorm", Slot.ATTN_OUT_NORM),
+        TensorRule("intermediate.dense", Slot.UP),
+        TensorRule("output.dense", Slot.DOWN),
+        TensorRule("output.LayerNorm", Slot.LAYER_OUT_NORM),
+        TensorRule(f"{prefix}.pooler.dense", Slot.POOLER, _G),
+        *classifier,
+    )
+
+
+BERT = _encoder("bert", (TensorRule("classifier", Slot.CLASSIFIER, _G),))
+ROBERTA = _encoder(
+    "roberta",
+    (
+        TensorRule("classifier.dense", Slot.CLASSIFIER, _G),
+        TensorRule("classifier.out_proj", Slot.CLASSIFIER, _G),
+    ),
+)
+
 ROLES: dict[Slot, TensorRole] = {
     Slot.EMBED: TensorRole.EMBEDDING,
     Slot.HEAD: TensorRole.OUTPUT,
+    Slot.POS_EMBED: TensorRole.EMBEDDING,
+    Slot.TYPE_EMBED: TensorRole.EMBEDDING,
+    Slot.POOLER: TensorRole.OUTPUT,
+    Slot.CLASSIFIER: TensorRole.OUTPUT,
     **{s: TensorRole.ATTENTION for s in (Slot.Q, Slot.K, Slot.V, Slot.QKV, Slot.O)},
     **{s: TensorRole.MLP for s in (Slot.GATE, Slot.UP, Slot.GATE_UP, Slot.DOWN)},
     **{
@@ -81,6 +115,9 @@ ROLES: dict[Slot, TensorRole] = {
             Slot.MLP_POST_NORM,
             Slot.Q_NORM,
             Slot.K_NORM,
+            Slot.EMBED_NORM,
+            Slot.ATTN_OUT_NORM,
+            Slot.LAYER_OUT_NORM,
         )
     },
 }
@@ -107,6 +144,12 @@ GGUF_TENSOR: dict[Slot, str | tuple[str, ...]] = {
     Slot.GATE_UP: "FFN_UP",
     Slot.DOWN: "FFN_DOWN",
     Slot.MLP_POST_NORM: "FFN_POST_NORM",
+    Slot.POS_EMBED: "POS_EMBD",
+    Slot.TYPE_EMBED: "TOKEN_TYPES",
+    Slot.EMBED_NORM: "TOKEN_EMBD_NORM",
+    Slot.ATTN_OUT_NORM: "ATTN_OUT_NORM",
+    Slot.LAYER_OUT_NORM: "LAYER_OUT_NORM",
+    Slot.CLASSIFIER: "CLS",
 }
 
 
