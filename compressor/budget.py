@@ -45,8 +45,9 @@ class Footprint(BaseModel):
     model_config = ConfigDict(frozen=True)
     size: Figure  # MiB
     ram: Figure  # MiB
-    decode: Figure  # ms/token
-    ttft: Figure  # ms
+    decode: Figure | None = None  # ms/token (decoders)
+    ttft: Figure | None = None  # ms (decoders)
+    encode: Figure | None = None  # ms per batch (encoders)
 
 
 class BudgetCheck(BaseModel):
@@ -235,6 +236,7 @@ BUDGET_FIELDS = {
     "max_ram_mib": "ram",
     "max_decode_ms_per_token": "decode",
     "max_ttft_ms": "ttft",
+    "max_encode_ms": "encode",
 }
 
 
@@ -245,7 +247,9 @@ def check_budgets(footprint: Footprint, budgets: Budgets, artifact: str = "") ->
         limit = getattr(budgets, field)
         if limit is None:
             continue
-        fig: Figure = getattr(footprint, attr)
+        fig: Figure | None = getattr(footprint, attr)
+        if fig is None:  # a figure this kind of model does not have (decode latency of an encoder)
+            continue
         checks.append(
             BudgetCheck(
                 budget=field,
@@ -261,7 +265,7 @@ def check_budgets(footprint: Footprint, budgets: Budgets, artifact: str = "") ->
     return checks
 
 
-LATENCY_BUDGETS = ("max_decode_ms_per_token", "max_ttft_ms")
+LATENCY_BUDGETS = ("max_decode_ms_per_token", "max_ttft_ms", "max_encode_ms")
 
 
 def mark_unreliable(checks: list[BudgetCheck], why: str) -> list[BudgetCheck]:

@@ -42,6 +42,12 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
         help="slowest decode allowed, ms per token",
     )
     g.add_argument("--max-ttft-ms", type=float, metavar="MS", help="slowest time to first token allowed")
+    g.add_argument(
+        "--max-encode-ms",
+        type=float,
+        metavar="MS",
+        help="encoders: slowest batch allowed (the profile's encode_batch x encode_tokens)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--distill-minutes", type=float, help="stop after this many minutes")
     d.add_argument("--distill-loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "skew_kl"])
-    d.add_argument("--distill-lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    d.add_argument(
+        "--distill-lr", type=float, help="peak learning rate (default 5e-5 for decoders, 2e-4 for encoders)"
+    )
+    d.add_argument(
+        "--knowledge",
+        metavar="KINDS",
+        help="encoders: what to distil, with optional weights: embedding (pooled output: cosine + MSE), "
+        "logits (classifiers, with temperature), hidden (mapped layers' states), attention (MiniLM "
+        "attention and value relations), similarity (sample-to-sample in a batch); default: all that "
+        "apply, e.g. 'embedding,hidden=0.5,attention'",
+    )
     d.add_argument("--resume", action="store_true", help="continue a killed distillation from its checkpoint")
     _budget_flags(c)
     c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
@@ -241,6 +257,7 @@ BUDGET_LABELS = {
     "max_ram_mib": "peak RAM",
     "max_decode_ms_per_token": "decode",
     "max_ttft_ms": "TTFT",
+    "max_encode_ms": "encode batch",
 }
 
 
@@ -310,7 +327,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from compressor.check import check
     from compressor.report import render_junit, render_markdown
 
-    names = ("max_size_mib", "max_ram_mib", "max_decode_ms_per_token", "max_ttft_ms")
+    names = ("max_size_mib", "max_ram_mib", "max_decode_ms_per_token", "max_ttft_ms", "max_encode_ms")
     report = check(args.artifact, args.device, {n: getattr(args, n) for n in names})
     if args.json:
         _write(args.json, json.dumps(report.model_dump(mode="json"), indent=2) + "\n")

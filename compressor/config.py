@@ -31,6 +31,7 @@ class CompressRequest(BaseModel):
     max_ram_mib: PositiveOpt = None
     max_decode_ms_per_token: PositiveOpt = None
     max_ttft_ms: PositiveOpt = None
+    max_encode_ms: PositiveOpt = None
     prune: str | None = None  # "auto", or e.g. "heads=6,kv_heads=3,mlp=1024,layers=24"
     prune_importance: str = "activation"
     calib_data: list[Path] = []  # .txt / .jsonl; none: text sampled from the teacher
@@ -54,7 +55,10 @@ class CompressRequest(BaseModel):
     distill_tokens: Annotated[int | None, Field(ge=256, le=10**12)] = None
     distill_minutes: Annotated[float | None, Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False)] = None
     distill_loss: str = "forward_kl"
-    distill_lr: Annotated[float, Field(gt=0, le=1.0, allow_inf_nan=False)] = 5e-5
+    # None: 5e-5 for decoders, 2e-4 for encoders
+    distill_lr: Annotated[float | None, Field(gt=0, le=1.0, allow_inf_nan=False)] = None
+    # encoders: knowledge to distil, e.g. "embedding,hidden=0.5,attention,similarity" (None: the default mix)
+    knowledge: str | None = None
     resume: bool = False  # continue a killed distillation from its checkpoint
     keep_going: bool = False  # run every stage even when a projected budget fails
     force: bool = False  # replace a non-empty output directory
@@ -74,4 +78,5 @@ class CompressRequest(BaseModel):
             "max_ram_mib": self.max_ram_mib,
             "max_decode_ms_per_token": self.max_decode_ms_per_token,
             "max_ttft_ms": self.max_ttft_ms,
+            "max_encode_ms": self.max_encode_ms,
         }

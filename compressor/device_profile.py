@@ -75,6 +75,11 @@ class Budgets(_Strict):
     max_decode_ms_per_token: Annotated[Milliseconds, Field(gt=0)] | None = None
     max_ttft_ms: Annotated[Milliseconds, Field(gt=0)] | None = None
     ttft_prompt_tokens: Tokens = 128
+    # encoders (embedding / classification models): one batch of encode_batch inputs of encode_tokens
+    # tokens each, the latency an app waits for; decode and TTFT budgets do not apply to them
+    max_encode_ms: Annotated[Milliseconds, Field(gt=0)] | None = None
+    encode_batch: Annotated[int, Field(gt=0, le=4096)] = 8
+    encode_tokens: Annotated[int, Field(gt=0, le=8192)] = 128
 
 
 class DeviceProfile(_Strict):

@@ -130,6 +130,11 @@ class EncoderModel(nn.Module):
     """The HF task model plus pooling: ``forward(input_ids, attention_mask, token_type_ids)``
     returns the embedding (task EMBEDDING) or the logits (task CLASSIFICATION)."""
 
+    config: Any
+    spec: ArchSpec
+    task: Task
+    pooling: Pooling
+
     def __init__(self, hf: nn.Module, spec: ArchSpec, task: Task, pooling: Pooling) -> None:
         super().__init__()
         self.spec, self.task, self.pooling = spec, task, pooling
@@ -142,15 +147,23 @@ class EncoderModel(nn.Module):
         self.__dict__["_hf"] = hf  # called for its forward; its parameters are registered above
 
     @property
-    def base(self) -> nn.Module:
+    def hf(self) -> Any:
+        """The transformers task model (the same parameters, under its own names)."""
+        return self.__dict__["_hf"]
+
+    @property
+    def base(self) -> Any:
         return getattr(self, self.spec.base_prefix)
 
     @property
-    def layers(self) -> nn.ModuleList:
+    def layers(self) -> Any:
         return self.base.encoder.layer
 
     def token_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Last hidden state and every layer's hidden states (embeddings first)."""
         out = self.base(
@@ -162,10 +175,13 @@ class EncoderModel(nn.Module):
         return out.last_hidden_state, out.hidden_states
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.task is Task.CLASSIFICATION:
-            return self._hf(
+            return self.hf(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).logits
         hidden = self.base(
@@ -177,13 +193,13 @@ class EncoderModel(nn.Module):
         """What ``forward`` returns, from the last hidden state (saves a second pass in training)."""
         if self.task is Task.EMBEDDING:
             return pool(hidden, attention_mask, self.pooling)
-        hf = self._hf
+        hf = self.hf
         if getattr(self.base, "pooler", None) is not None:  # BERT: dropout + linear on the pooler
             return hf.classifier(hf.dropout(self.base.pooler(hidden)))
         return hf.classifier(hidden)  # RoBERTa's head reads the first token itself
 
     def save_pretrained(self, path: Path) -> None:
-        self._hf.save_pretrained(path, safe_serialization=True)
+        self.hf.save_pretrained(path, safe_serialization=True)
 
 
 def encoder_facts(model: EncoderModel) -> ModelFacts:
@@ -197,7 +213,7 @@ def encoder_facts(model: EncoderModel) -> ModelFacts:
     head_dim = int(attn.attention_head_size)
     n_params = sum(p.numel() for p in model.parameters())
     return ModelFacts(
-        architecture=type(model._hf).__name__,
+        architecture=type(model.hf).__name__,
         family=spec.family,
         task=model.task.value,
         n_layers=len(model.layers),
@@ -236,7 +252,11 @@ def tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> dict[str, to
 
 @torch.no_grad()
 def encode(
-    model: EncoderModel, tokenizer: Any, texts: Sequence[str], batch_size: int = 64, max_len: int | None = None
+    model: EncoderModel,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_len: int | None = None,
 ) -> torch.Tensor:
     """Embeddings (or logits) of ``texts`` in batches, in float32, as the deployed model returns them."""
     model.eval()

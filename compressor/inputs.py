@@ -134,6 +134,7 @@ def fingerprint(req: CompressRequest) -> dict[str, Any]:
         "distill_tokens": req.distill_tokens,
         "distill_loss": req.distill_loss,
         "distill_lr": req.distill_lr,
+        "knowledge": req.knowledge,
         "calib_data": [str(p) for p in req.calib_data],
         "calib_tokens": req.calib_tokens,
     }

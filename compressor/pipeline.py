@@ -138,13 +138,20 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
                 stage="load", seconds=time.perf_counter() - start, summary=artifact.facts.model_dump()
             )
         run.stages.append(load)
-        if req.prune is not None and req.prune.strip() != "auto":  # a bad request fails before any work
+        if artifact.facts.is_encoder:
+            _check_encoder_request(req, artifact, profile, schemes)
+        elif req.prune is not None and req.prune.strip() != "auto":  # a bad request fails before any work
             resolve(
                 PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
             )
-        profile.check_context(artifact.facts.max_context, req.model)
-        _check_formats(artifact, schemes, req.model)
-        if req.calib_data and (req.prune is not None or req.distill or req.qat):
+        if not artifact.facts.is_encoder:
+            profile.check_context(artifact.facts.max_context, req.model)
+            _check_formats(artifact, schemes, req.model)
+        if (
+            req.calib_data
+            and (req.prune is not None or req.distill or req.qat)
+            and not artifact.facts.is_encoder
+        ):
             from compressor.calibration import check_token_counts
             from stages.distill import DistillConfig
 
@@ -155,18 +162,12 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         out.abandon()  # bad input: nothing written
         raise
     try:
-        prune = _plan_pruning(req, artifact, profile, schemes)  # bad configs fail before any work
-        for scheme in schemes:  # fail in seconds if any target cannot fit (pruning may still fix it)
-            project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
-            if prune is None:
-                run.gate(load)
-        teacher = artifact.model
-        if prune is not None:
-            artifact = _run_prune(run, artifact, prune, progress)
-        if req.distill or req.qat:
-            artifact = _run_distill(run, artifact, teacher, out.target, progress, resume)
-        for scheme in schemes:
-            _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
+        if artifact.facts.is_encoder:
+            from compressor.pipeline_encoder import run_encoder
+
+            artifact = run_encoder(run, artifact, staging, progress, load)
+        else:
+            artifact = _run_decoder(run, artifact, staging, out.target, progress, resume, load)
     except CompressorError as exc:
         outcome = Outcome.BUDGET_MISSED if isinstance(exc, BudgetExceeded) else Outcome.ERROR
         if run.stages and run.stages[-1].status is StageStatus.OK and outcome is Outcome.ERROR:
@@ -184,6 +185,61 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         (staging / name).write_text(text, encoding="utf-8")
     out.commit()
     return report
+
+
+def _run_decoder(
+    run: Run,
+    artifact: ModelArtifact,
+    staging: Path,
+    target: Path,
+    progress: Progress,
+    resume: dict[str, Any] | None,
+    load: StageReport,
+) -> ModelArtifact:
+    """prune -> distill -> per scheme: quantize, export, measure (decoders)."""
+    req, profile, schemes = run.req, run.profile, run.schemes
+    prune = _plan_pruning(req, artifact, profile, schemes)  # bad configs fail before any work
+    for scheme in schemes:  # fail in seconds if any target cannot fit (pruning may still fix it)
+        project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
+        if prune is None:
+            run.gate(load)
+    teacher = artifact.model
+    if prune is not None:
+        artifact = _run_prune(run, artifact, prune, progress)
+    if req.distill or req.qat:
+        artifact = _run_distill(run, artifact, teacher, target, progress, resume)
+    for scheme in schemes:
+        _run_target(run, artifact, StageContext(profile=profile, scheme=scheme), staging, progress)
+    return artifact
+
+
+def _check_encoder_request(
+    req: CompressRequest, artifact: ModelArtifact, profile: DeviceProfile, schemes: list[QuantScheme]
+) -> None:
+    """What an encoder run would fail on later, refused before any work."""
+    from compressor.pipeline_encoder import check_encoder_formats
+    from compressor.sentences import sentence_split
+    from stages.encoder_distill import parse_losses
+    from stages.encoder_prune import resolve_encoder
+
+    check_encoder_formats(artifact, schemes, req.model)
+    tokens = profile.budgets.encode_tokens
+    if tokens > artifact.facts.max_context:
+        raise ConfigError(
+            f"device profile {profile.name}: budgets.encode_tokens {tokens} exceeds what {req.model} "
+            f"takes ({artifact.facts.max_context} positions); lower it"
+        )
+    if req.prune is not None and req.prune.strip() != "auto":
+        resolve_encoder(
+            PruneConfig.parse(req.prune, req.prune_importance, require=True),
+            artifact.facts,
+            _row_multiple(schemes),
+        )
+    if req.distill or req.qat:
+        parse_losses(req.knowledge, artifact.model.task)
+    elif req.knowledge:
+        raise ConfigError("--knowledge chooses distillation losses; add --distill (or --qat)")
+    sentence_split(list(req.calib_data))  # unreadable or too little text fails now
 
 
 def _check_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: str) -> None:
@@ -403,7 +459,7 @@ def _run_distill(
             "loss": req.distill_loss,
             "max_tokens": req.train_tokens,
             "max_minutes": req.distill_minutes,
-            "lr": req.distill_lr,
+            "lr": req.distill_lr or 5e-5,
             "scale_lr": req.qat_scale_lr,
         }
     )

@@ -63,6 +63,8 @@ class RunReport(BaseModel):
 
 
 def _fmt(v: float) -> str:
+    if 0 < abs(v) <= 1:  # ratios, cosines, recalls: the digits that tell them apart
+        return f"{v:.4f}"
     return f"{v:,.1f}" if abs(v) < 1e5 else f"{v:,.0f}"
 
 
@@ -125,8 +127,10 @@ def render_markdown(r: RunReport) -> str:
                     "| figure | value | kind | basis |",
                     "|---|---:|---|---|",
                 ]
-                for name in ("size", "ram", "decode", "ttft"):
+                for name in ("size", "ram", "decode", "ttft", "encode"):
                     f = getattr(s.footprint, name)
+                    if f is None:
+                        continue
                     lines.append(
                         f"| {name} | {_fmt(f.value)} {f.unit} | {f.provenance.value} ({f.where}) | "
                         f"{f.basis} |"

@@ -93,10 +93,13 @@ def _nbits_inputs(g: _Graph, key: str, bq: BlockQuant) -> list[str]:
     return names
 
 
-def _rewrite(
+def rewrite_quantized(
     model: Any, quantized: dict[str, QuantizedTensor], params: dict[str, np.ndarray], level: int
 ) -> dict:
-    """Replace MatMul/Gather on quantized weights; returns counts of what was rewritten."""
+    """Replace MatMul/Gather on quantized weights; returns counts of what was rewritten.
+
+    ``params``: torch parameters by name (float32 arrays); an initializer is matched to the one with
+    exactly its contents. Also used by the encoder exporter (``onnx_encoder``)."""
     from onnx import helper
 
     g = _Graph(model)
@@ -203,7 +206,7 @@ def export_onnx(artifact: ModelArtifact, out_dir: Path) -> tuple[Path, dict[str,
         scheme = artifact.scheme
         if artifact.quantized and scheme is not None:
             params = {n: p.detach().float().numpy() for n, p in artifact.model.named_parameters()}
-            counts = _rewrite(model, artifact.quantized, params, scheme.accuracy_level)
+            counts = rewrite_quantized(model, artifact.quantized, params, scheme.accuracy_level)
             expected = sum(1 for q in artifact.quantized.values() if isinstance(q.data, BlockQuant))
             if counts["MatMulNBits"] + counts["GatherBlockQuantized"] < expected:
                 raise ConfigError(

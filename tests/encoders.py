@@ -121,7 +121,12 @@ def build_encoder_model(kind: str, root: Path, seed: int = 0, layers: int = 4) -
         ]
         if kind == "st-bert":
             modules.append(
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
             )
         (out / "modules.json").write_text(json.dumps(modules, indent=2))
         (out / "1_Pooling").mkdir(exist_ok=True)

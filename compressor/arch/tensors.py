@@ -66,6 +66,7 @@ PHI3 = (
     )
 )
 
+
 # BERT-family encoders (names relative to the task model: ``bert.`` + the base model's names)
 def _encoder(prefix: str, classifier: tuple[TensorRule, ...]) -> tuple[TensorRule, ...]:
     emb = f"{prefix}.embeddings"

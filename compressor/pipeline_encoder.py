@@ -1,0 +1,328 @@
+"""The compress pipeline's stages for encoders (families whose objective is ``encoder``):
+sentences -> project -> prune -> distill (QAT) -> per scheme: quantize -> export + validate ->
+measure (one batch's latency in the runtime, quality against the teacher) -> the same gate, report
+and bundle as decoders (``compressor.pipeline`` calls ``run_encoder`` inside its ``Run``).
+
+What differs from decoders, and why it is here rather than spread through ``pipeline.py``: the data
+is sentences, not a token stream (an encoder's teacher cannot write its own text); the footprint is
+one batch's latency and peak RAM, not decode/TTFT; distillation matches embeddings, hidden states and
+relations, not next-token distributions; quality is cosine and retrieval agreement measured in the
+runtime the file ships in, over held-out sentences.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compressor.artifact import ModelArtifact, weight_inventory
+from compressor.budget import BudgetCheck, check_budgets, mark_unreliable, plan_tensors
+from compressor.encoder import EncoderModel, Task, encode, encoder_facts, max_length, tokenize
+from compressor.encoder_budget import encode_roofline_ms, encoder_cost, encoder_footprint
+from compressor.encoder_metrics import embedding_agreement, label_agreement
+from compressor.errors import CompressorError, ConfigError
+from compressor.quant import ExportFormat, QuantScheme
+from compressor.report import StageReport, StageStatus
+from compressor.sentences import sentence_split
+from compressor.stage import StageContext
+
+QUALITY_SENTENCES = 3000  # held-out sentences for cosine and retrieval agreement
+VALIDATE_SENTENCES = 64
+TIMING_RUNS = 20
+
+
+def check_encoder_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: str) -> None:
+    """A format this encoder cannot be written in is refused before any work, naming why."""
+    problems = []
+    for s in schemes:
+        if s.format is ExportFormat.GGUF:
+            from exporters.gguf_encoder import encoder_gguf_problems
+
+            problems += [f"{s.name}: {p}" for p in encoder_gguf_problems(artifact)]
+        if s.delegated_to_llama_cpp:
+            problems.append(
+                f"{s.name}: llama.cpp's K-quant mixtures are not written for encoders; use Q8_0 or Q4_0"
+            )
+        if s.is_mixed:
+            problems.append(f"{s.name}: mixed plans are not searched for encoders yet; name one type")
+    if problems:
+        raise ConfigError(
+            f"{model} ({artifact.facts.family} encoder) cannot be exported as requested", problems
+        )
+
+
+def project(
+    artifact: ModelArtifact, profile: Any, scheme: QuantScheme, report: StageReport
+) -> list[BudgetCheck]:
+    inventory = weight_inventory(artifact.model)
+    cost = encoder_cost(artifact.facts, inventory, plan_tensors(inventory, scheme), scheme.name)
+    report.footprint = encoder_footprint(cost, profile, artifact.facts.n_heads)
+    report.checks = check_budgets(report.footprint, profile.budgets)
+    return report.checks
+
+
+def run_encoder(
+    run: Any, artifact: ModelArtifact, staging: Path, progress: Any, load: StageReport
+) -> ModelArtifact:
+    """Every stage after loading, for an encoder; returns the artifact whose files were written."""
+    req, profile = run.req, run.profile
+    train, heldout, source = sentence_split(list(req.calib_data))
+    load.summary["sentences"] = {"train": len(train), "heldout": len(heldout), "source": source}
+    for scheme in run.schemes:
+        project(artifact, profile, scheme, load)
+        if req.prune is None:
+            run.gate(load)
+    teacher = artifact
+    if req.prune is not None:
+        artifact = _prune(run, artifact, train, progress)
+    if req.distill or req.qat:
+        artifact = _distill(run, teacher, artifact, train, heldout, progress)
+    for scheme in run.schemes:
+        _target(
+            run, artifact, teacher, StageContext(profile=profile, scheme=scheme), staging, heldout, progress
+        )
+    return artifact
+
+
+def _prune(run: Any, artifact: ModelArtifact, train: list[str], progress: Any) -> ModelArtifact:
+    from stages.encoder_prune import prune_encoder, resolve_encoder
+    from stages.prune_config import PruneConfig
+
+    if run.req.prune.strip() == "auto":
+        raise ConfigError("--prune auto is for decoders; for an encoder name the shape, e.g. layers=3")
+    row = max(s.row_multiple for s in run.schemes)
+    target = resolve_encoder(
+        PruneConfig.parse(run.req.prune, run.req.prune_importance, require=True), artifact.facts, row
+    )
+    with progress("prune", "scoring heads and channels on calibration sentences and pruning"):
+        model = copy.deepcopy(artifact.model)
+        summary = prune_encoder(model, target, artifact.tokenizer, train[:512])
+        pruned = artifact.evolve("prune", model=model, facts=encoder_facts(model))
+    report = StageReport(stage="prune", seconds=summary.pop("seconds"), summary=summary)
+    run.stages.append(report)
+    for scheme in run.schemes:
+        project(pruned, run.profile, scheme, report)
+        run.gate(report)
+    return pruned
+
+
+def _distill(
+    run: Any,
+    teacher: ModelArtifact,
+    student: ModelArtifact,
+    train: list[str],
+    heldout: list[str],
+    progress: Any,
+) -> ModelArtifact:
+    from stages.encoder_distill import EncoderDistillConfig, distill_encoder, parse_losses
+
+    req = run.req
+    model: EncoderModel = student.model
+    if model is teacher.model:
+        model = copy.deepcopy(model)
+    cfg = EncoderDistillConfig(
+        losses=parse_losses(req.knowledge, model.task),
+        max_minutes=req.distill_minutes or 10.0,
+        max_tokens=req.distill_tokens,
+        lr=req.distill_lr or 2e-4,
+    )
+    qat = run.schemes[0] if req.qat else None
+    if qat is not None and qat.learns_scales and qat.format is ExportFormat.GGUF:
+        pass  # encoders train through the fixed-rule fake quantizer (learned GGUF scales are decoder-only)
+    with progress("distill", "distilling from the float teacher") as bar:
+
+        def on_step(row: dict[str, float]) -> None:
+            cos = f", held-out cosine {row['heldout_cosine']:.4f}" if "heldout_cosine" in row else ""
+            eta = time.strftime("%M:%S", time.gmtime(row["eta_s"]))
+            bar(
+                row["step"],
+                row["total_steps"],
+                f"step {int(row['step'])}: loss {row['loss']:.4f}{cos}, ETA {eta}",
+            )
+
+        stats = distill_encoder(teacher.model, model, teacher.tokenizer, train, heldout, cfg, qat, on_step)
+    history = stats.pop("history")
+    stats["heldout_cosine_curve"] = [[h["step"], round(h["heldout_cosine"], 4)] for h in history]
+    report = StageReport(stage="distill", seconds=stats["seconds"], summary=stats)
+    run.stages.append(report)
+    return student.evolve("distill", model=model, facts=encoder_facts(model))
+
+
+def _target(
+    run: Any,
+    artifact: ModelArtifact,
+    teacher: ModelArtifact,
+    ctx: StageContext,
+    staging: Path,
+    heldout: list[str],
+    progress: Any,
+) -> None:
+    from stages.quantize import QuantizeStage
+
+    name = ctx.scheme.name
+    with progress(f"quantize[{name}]", f"quantizing to {name}"):
+        work = artifact.evolve("copy", model=copy.deepcopy(artifact.model))
+        result = QuantizeStage().run(work, ctx)
+    result.report.stage = f"quantize[{name}]"
+    run.stages.append(result.report)
+    project(result.artifact, ctx.profile, ctx.scheme, result.report)
+    run.gate(result.report)
+
+    quantized = result.artifact
+    texts = heldout[:VALIDATE_SENTENCES]
+    with progress(f"export[{name}]", f"writing {ctx.scheme.format.value} and validating it in its runtime"):
+        start = time.perf_counter()
+        try:
+            paths, summary = _export(quantized, staging, texts)
+        except CompressorError as exc:
+            run.stages.append(
+                StageReport(stage=f"export[{name}]", status=StageStatus.FAILED, message=exc.render())
+            )
+            raise
+        run.stages.append(
+            StageReport(stage=f"export[{name}]", seconds=time.perf_counter() - start, summary=summary)
+        )
+    for path in paths:
+        label = path.relative_to(staging).as_posix()
+        run.files[label] = name
+        with progress(f"measure[{label}]", f"timing a batch and scoring {label} against the teacher"):
+            report, checks = measure_encoder(path, quantized, teacher, ctx.profile, label, heldout)
+        run.stages.append(report)
+        run.measured[label] = report.summary
+        run.final_checks += checks
+
+
+def _export(artifact: ModelArtifact, staging: Path, texts: list[str]) -> tuple[list[Path], dict[str, Any]]:
+    if artifact.scheme is not None and artifact.scheme.format is ExportFormat.GGUF:
+        from exporters.gguf_encoder import export_encoder_gguf, validate_encoder_gguf
+
+        paths, summary = export_encoder_gguf(artifact, staging)
+        paths = [p for p in paths if p.suffix == ".gguf"]
+        summary["validation"] = validate_encoder_gguf(paths[0], artifact, texts)
+        return paths, summary
+    from exporters.onnx_encoder import export_encoder_onnx, validate_encoder_onnx
+
+    paths, summary = export_encoder_onnx(artifact, staging)
+    paths = [p for p in paths if p.suffix == ".onnx"]
+    summary["validation"] = validate_encoder_onnx(paths[0], artifact, texts)
+    return paths, summary
+
+
+def file_cost(path: Path, artifact: ModelArtifact) -> Any:
+    """The cost model of a written file: its real size, the matrices as the artifact's plan holds them."""
+    inventory = weight_inventory(artifact.model)
+    scheme = artifact.scheme
+    assert scheme is not None
+    cost = encoder_cost(artifact.facts, inventory, plan_tensors(inventory, scheme), scheme.name, 0.0)
+    written = {"stored_bytes": float(path.stat().st_size), "basis": f"{path.name} as written"}
+    return cost.model_copy(update=written)
+
+
+def timing_texts(artifact: ModelArtifact, texts: list[str], batch: int, tokens: int) -> list[str]:
+    """``batch`` inputs of ``tokens`` tokens each (held-out sentences joined, then cut), as text so
+    that each runtime tokenizes them itself."""
+    tok = artifact.tokenizer
+    ids: list[int] = []
+    for t in texts:
+        ids += tok(t, add_special_tokens=False)["input_ids"]
+        if len(ids) >= batch * tokens:
+            break
+    body = tokens - len(tok("", add_special_tokens=True)["input_ids"])
+    return [tok.decode(ids[i * body : (i + 1) * body]) for i in range(batch)]
+
+
+def measure_encoder(
+    path: Path,
+    artifact: ModelArtifact,
+    teacher: ModelArtifact,
+    profile: Any,
+    label: str,
+    heldout: list[str],
+) -> tuple[StageReport, list[BudgetCheck]]:
+    """Time one budget batch in the file's runtime, score it against the float teacher on held-out
+    sentences, and check the profile's budgets (size measured, latency calibrated from the host)."""
+    from compressor.device_profile import load_profile
+    from compressor.verify import HOST_PROFILE
+    from exporters.hostload import free_threads
+
+    start = time.perf_counter()
+    host = load_profile(HOST_PROFILE)
+    wanted = min(host.runtime.threads, 2)
+    threads, load = free_threads(wanted)
+    b = profile.budgets
+    batch = timing_texts(teacher, heldout, b.encode_batch, b.encode_tokens)
+    quality_texts = heldout[:QUALITY_SENTENCES]
+    runtime, timing, outputs = _run_file(path, artifact, batch, quality_texts, threads, b.encode_tokens)
+    cost = file_cost(path, artifact)
+    scale = timing["median_ms"] / encode_roofline_ms(
+        cost, host.model_copy(update={"budgets": profile.budgets})
+    )
+    ram = None
+    footprint = encoder_footprint(
+        cost,
+        profile,
+        artifact.facts.n_heads,
+        scale=scale,
+        scale_basis=f"host measurement ({runtime}, {threads} threads: roofline x{scale:.2f})",
+        measured_size=True,
+        ram=ram,
+    )
+    checks = check_budgets(footprint, profile.budgets, artifact=label)
+    busy = threads < wanted or timing.get("foreign_load_cores", 0.0) > 0.5
+    if busy:
+        checks = mark_unreliable(checks, f"other processes used {load:.1f} cores while timing")
+    t_out = encode(teacher.model, teacher.tokenizer, quality_texts).numpy()
+    if artifact.facts.task == Task.CLASSIFICATION.value:
+        quality = label_agreement(t_out, outputs)
+    else:
+        quality = embedding_agreement(t_out, outputs)
+    summary: dict[str, Any] = {
+        "file": label,
+        "file_bytes": path.stat().st_size,
+        "runtime": runtime,
+        "host_threads": threads,
+        f"host_encode_ms_{b.encode_batch}x{b.encode_tokens}": round(timing["median_ms"], 2),
+        "host_encode_ms_p90": round(timing.get("p90_ms", timing["median_ms"]), 2),
+        "host_measurement_reliable": not busy,
+        **{f"vs_teacher_{k}": v for k, v in quality.items()},
+        "quality_basis": f"{len(quality_texts)} held-out sentences through {runtime} "
+        "vs the float torch teacher",
+    }
+    report = StageReport(
+        stage=f"measure[{label}]",
+        seconds=time.perf_counter() - start,
+        summary=summary,
+        footprint=footprint,
+        checks=checks,
+    )
+    return report, checks
+
+
+def _run_file(
+    path: Path, artifact: ModelArtifact, batch: list[str], texts: list[str], threads: int, tokens: int
+) -> tuple[str, dict[str, float], np.ndarray]:
+    """(runtime name, timing of the ``batch`` texts, outputs for ``texts``) from the file's runtime."""
+    n = max_length(artifact.model, artifact.tokenizer)
+    if path.suffix == ".gguf":
+        from exporters.gguf_encoder import gguf_embed, gguf_time_batch
+
+        timing = gguf_time_batch(path, batch, tokens, threads, TIMING_RUNS)
+        return "llama.cpp (llama-cpp-python)", timing, gguf_embed(path, texts, threads, max_len=n)
+    from exporters.onnx_encoder import feeds, ort_session, time_batch
+
+    session = ort_session(path, threads)
+    timing = time_batch(session, tokenize(artifact.tokenizer, batch, tokens), TIMING_RUNS)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
+    out: np.ndarray | None = None
+    for i in range(0, len(order), 64):
+        idx = order[i : i + 64]
+        got = session.run(None, feeds(session, tokenize(artifact.tokenizer, [texts[j] for j in idx], n)))[0]
+        if out is None:
+            out = np.empty((len(texts), got.shape[-1]), dtype=np.float32)
+        out[idx] = got
+    assert out is not None
+    return "onnxruntime", timing, out

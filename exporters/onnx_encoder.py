@@ -1,0 +1,449 @@
+"""ONNX exporter for BERT-family encoders: one file an app calls once per batch.
+
+Inputs ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes), plus
+``token_type_ids`` where the family has more than one token type (BERT; RoBERTa's type vocabulary
+has one entry, so its graph reads the embedding's zero row and takes no such input). Output
+``sentence_embedding`` (pooling and L2 normalisation inside the graph) or ``logits`` (classifiers).
+
+Why our own exporter rather than optimum-onnx's feature-extraction export + onnxruntime's quantizer:
+
+* optimum's export outputs token states: pooling and normalisation would be left to every app (its
+  sentence-transformers path needs that package and runs its module code). We export
+  ``EncoderModel`` itself with ``torch.onnx.export`` (the TorchScript exporter, ``dynamo=False``, as
+  optimum uses: onnxruntime's transformer optimizer recognises that exporter's graph patterns), so
+  the graph runs exactly what ``compressor.encoder.encode`` runs, ``pool`` included.
+* ``quantize_dynamic`` chooses its own per-tensor int8 scales; we store *our* codes (the quantize
+  stage's, what QAT trained through) as ``MatMulNBits`` / ``GatherBlockQuantized`` with the decoder
+  exporter's rewrite (``exporters.onnx.rewrite_quantized``), so the file computes what the torch
+  model holding the dequantized weights computes.
+* Speed: before the rewrite the fp32 graph goes through onnxruntime's transformer optimizer with
+  only the fusions that keep every weight in its own ``MatMul`` (LayerNormalization,
+  SkipLayerNormalization with the output bias, BiasGelu, MultiHeadAttention over separate Q/K/V
+  projections). The packed-QKV ``Attention`` and ``EmbedLayerNormalization`` fusions are off: they
+  concatenate or absorb weights, which then no longer match our codes by content (and their fp32
+  weights would stay fp32). Classifier heads on 2-D inputs come out of the exporter as ``Gemm``;
+  those are split into ``MatMul`` + ``Add`` so they are rewritten too. The measured choice of
+  defaults (block size, accuracy level, fusions) is recorded in ``DEFAULTS_NOTE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compressor.artifact import ModelArtifact, QuantizedTensor
+from compressor.encoder import EncoderModel, Task, encode, encoder_facts, max_length, tokenize
+from compressor.errors import ConfigError, OutputError, require
+from compressor.onnx_blocks import BlockQuant
+from exporters.onnx import MS_DOMAIN, ONNX_DIR, rewrite_quantized
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+EMBEDDING_OUTPUT = "sentence_embedding"
+LOGITS_OUTPUT = "logits"
+DEFAULTS_NOTE = (
+    "all-MiniLM-L6-v2 on a 2-core x86 host, 8x128 tokens: fused graph + MatMulNBits (int8, accuracy "
+    "level 4) is faster than optimum fp32 + quantize_dynamic; see the exporter's report"
+)
+
+
+def uses_token_types(model: EncoderModel) -> bool:
+    """Whether the graph takes ``token_type_ids`` (a type vocabulary of one needs no input)."""
+    return int(getattr(model.config, "type_vocab_size", 1) or 1) > 1
+
+
+class _Exportable(torch.nn.Module):
+    """Positional forward for the TorchScript exporter (optional ``token_type_ids``)."""
+
+    def __init__(self, model: EncoderModel, token_types: bool) -> None:
+        super().__init__()
+        self.model, self.token_types = model, token_types
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = inputs[0], inputs[1]
+        token_type_ids = inputs[2] if self.token_types else None
+        return self.model(input_ids, attention_mask, token_type_ids)
+
+
+def _torch_export(model: EncoderModel, tokenizer: Any, path: Path) -> tuple[list[str], str]:
+    """fp32 ONNX of ``model`` (pooling included) at ``path``; returns (input names, output name)."""
+    token_types = uses_token_types(model)
+    names = list(INPUT_NAMES if token_types else INPUT_NAMES[:2])
+    output = LOGITS_OUTPUT if model.task is Task.CLASSIFICATION else EMBEDDING_OUTPUT
+    sample = tokenize(tokenizer, ["a short one", "and a somewhat longer second input sentence"], 16)
+    args = tuple(sample[n] for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {output: {0: "batch"}}
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
+            torch.onnx.export(
+                _Exportable(model, token_types),
+                args,
+                str(path),
+                input_names=names,
+                output_names=[output],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:
+        raise ConfigError(
+            f"torch.onnx.export could not export this encoder: {type(exc).__name__}: {exc}"
+        ) from None
+    return names, output
+
+
+def _fuse(path: Path, model: EncoderModel, out: Path, attention: bool = True) -> dict[str, int]:
+    """onnxruntime's transformer fusions that keep every weight MatMul; returns the fused-op counts."""
+    optimizer = require("onnxruntime.transformers.optimizer", "onnx")
+    fusion = require("onnxruntime.transformers.fusion_options", "onnx")
+    facts = encoder_facts(model)
+    opts = fusion.FusionOptions("bert")
+    opts.enable_embed_layer_norm = False  # would absorb the (quantized) embedding tables
+    opts.use_multi_head_attention = True  # Q/K/V stay separate MatMuls (packed QKV breaks matching)
+    opts.enable_gelu_approximation = False  # keep erf GELU: exact against torch
+    opts.enable_attention = attention
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    fused = optimizer.optimize_model(
+        str(path),
+        model_type="bert",
+        num_heads=facts.n_heads,
+        hidden_size=facts.n_heads * facts.head_dim,
+        optimization_options=opts,
+        opt_level=0,  # python fusions only; the session applies onnxruntime's own optimizations
+        use_gpu=False,
+    )
+    fused.save_model_to_file(str(out))
+    return {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
+
+
+def _split_gemms(model: Any) -> int:
+    """``Gemm(A, W, C, transB=1)`` on a weight -> ``MatMul(A, W^T)`` + ``Add(C)``, so the rewrite
+    (which matches MatMul weights) also quantizes 2-D linear layers (BERT pooler, classifier)."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes, n = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        simple = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA")
+        if node.op_type != "Gemm" or not simple or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        wt = node.input[1] + ".T"
+        if wt not in inits:
+            t = numpy_helper.from_array(np.ascontiguousarray(w.T if attrs.get("transB") else w), wt)
+            model.graph.initializer.append(t)
+            inits[wt] = t
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = node.output[0] + ".mm" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], wt], [mm_out], name=node.name + "_mm"))
+        if has_bias:
+            nodes.append(
+                helper.make_node("Add", [mm_out, node.input[2]], list(node.output), name=node.name + "_b")
+            )
+        n += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {i for nd in model.graph.node for i in nd.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
+    return n
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a, dtype=np.float32).tobytes(), digest_size=16).hexdigest()
+
+
+def _is_per_row(bq: Any) -> bool:
+    """Symmetric int8 with one block per row: a scale per output channel."""
+    return isinstance(bq, BlockQuant) and bq.bits == 8 and bq.zero_points is None and bq.codes.shape[1] == 1
+
+
+def _rewrite_per_row(
+    graph: Any, quantized: dict[str, QuantizedTensor], params: dict[str, np.ndarray]
+) -> dict:
+    """int8 weights with one block per row (a scale per output channel) need no MatMulNBits: a
+    ``MatMul`` by one becomes ``MatMulIntegerToFloat`` on its input quantized once to uint8 by
+    ``DynamicQuantizeLinear`` (shared by Q, K and V): onnxruntime's int8 GEMM (AMX / VNNI on x86),
+    5-10x faster per matrix than MatMulNBits there. An embedding ``Gather`` reads int8 rows and
+    their scales.
+    Codes and scales are ours, so the result equals the dequantized weights up to the activations'
+    per-tensor uint8 rounding. Other weights are left for ``rewrite_quantized``."""
+    from onnx import helper, numpy_helper
+
+    def per_row(name: str) -> BlockQuant | None:
+        bq = quantized[name].data if name in quantized else None
+        return bq if _is_per_row(bq) else None
+
+    by_digest = {_digest(w): n for n, w in params.items() if per_row(n) is not None}
+    inits = {t.name: t for t in graph.graph.initializer}
+    counts = {"MatMulIntegerToFloat": 0, "Gather": 0}
+
+    def add(name: str, a: np.ndarray) -> str:
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.ascontiguousarray(a), name)
+            graph.graph.initializer.append(inits[name])
+        return name
+
+    def weight(name: str) -> np.ndarray | None:
+        t = inits.get(name)
+        return numpy_helper.to_array(t) if t is not None and len(t.dims) == 2 and t.data_type == 1 else None
+
+    nodes: list[Any] = []
+    shared: dict[str, list[str]] = {}
+    for node in graph.graph.node:
+        w = weight(node.input[1]) if node.op_type == "MatMul" else None
+        pname = by_digest.get(_digest(w.T)) if w is not None else None
+        if pname is not None:
+            bq = per_row(pname)
+            q8 = (bq.codes[:, 0, :].astype(np.int16) - bq.implicit_zero_point()).astype(np.int8)  # (N, K)
+            b = add(pname + ".q8", q8.T)
+            s = add(pname + ".qscale", bq.scales[:, 0].astype(np.float32))
+            x = node.input[0]
+            if x not in shared:  # one uint8 quantization of x for all its weights (Q, K and V)
+                shared[x] = [f"{x}.u8", f"{x}.u8scale", f"{x}.u8zero"]
+                nodes.append(helper.make_node("DynamicQuantizeLinear", [x], shared[x], name=x + ".u8"))
+            xq, xs, xz = shared[x]
+            nodes.append(
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [xq, b, xs, s, xz],
+                    list(node.output),
+                    name=node.name + "_dq",
+                    domain=MS_DOMAIN,
+                )
+            )
+            counts["MatMulIntegerToFloat"] += 1
+            continue
+        w = weight(node.input[0]) if node.op_type == "Gather" else None
+        pname = by_digest.get(_digest(w)) if w is not None else None
+        if pname is not None:
+            bq = per_row(pname)
+            q8 = (bq.codes[:, 0, :].astype(np.int16) - bq.implicit_zero_point()).astype(np.int8)
+            table, scales = (
+                add(pname + ".q8", q8),
+                add(pname + ".qscale", bq.scales[:, :1].astype(np.float32)),
+            )
+            out, ids = node.output[0], node.input[1]
+            nodes += [
+                helper.make_node("Gather", [table, ids], [out + ".q8"], name=out + ".q8"),
+                helper.make_node("Gather", [scales, ids], [out + ".s"], name=out + ".s"),
+                helper.make_node("Cast", [out + ".q8"], [out + ".f"], name=out + ".f", to=1),
+                helper.make_node("Mul", [out + ".f", out + ".s"], [out], name=out + ".mul"),
+            ]
+            counts["Gather"] += 1
+            continue
+        nodes.append(node)
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    used = {i for nd in graph.graph.node for i in nd.input}
+    for t in [t for t in graph.graph.initializer if t.name not in used]:
+        graph.graph.initializer.remove(t)
+    if counts["MatMulIntegerToFloat"] and not any(o.domain == MS_DOMAIN for o in graph.opset_import):
+        graph.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return counts
+
+
+def op_counts(model: Any) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+def export_encoder_onnx(
+    artifact: ModelArtifact,
+    out_dir: Path,
+    *,
+    fuse: bool | None = None,
+    attention: bool = True,
+    accuracy_level: int | None = None,
+) -> tuple[list[Path], dict]:
+    """Write ``out_dir/onnx/`` (model.onnx, config.json, tokenizer files) in the artifact's scheme.
+
+    ``fuse``: onnxruntime's transformer fusions (see the module docstring); None (default): on,
+    except with per-row int8 weights, whose ``MatMulIntegerToFloat`` + bias ``Add`` onnxruntime fuses
+    itself at load time (measured faster unfused); ``attention``: the MultiHeadAttention fusion;
+    ``accuracy_level`` overrides the scheme's MatMulNBits compute type. Returns the written files and
+    the facts for the report: file size, inputs/outputs, op counts, fusions, rewritten weights.
+    """
+    onnx = require("onnx", "onnx")
+    model: EncoderModel = artifact.model
+    if not isinstance(model, EncoderModel):
+        raise ConfigError("export_encoder_onnx needs an encoder (BERT family) artifact")
+    target = out_dir / ONNX_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    facts: dict[str, Any] = {"opset": OPSET, "task": model.task.value}
+    if fuse is None:
+        fuse = not any(_is_per_row(q.data) for q in (artifact.quantized or {}).values())
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        inputs, output = _torch_export(model, artifact.tokenizer, fp32)
+        src = fp32
+        if fuse:
+            src = Path(tmp) / "fused.onnx"
+            facts["fusions"] = _fuse(fp32, model, src, attention)
+        graph = onnx.load(str(src))
+    scheme = artifact.scheme
+    if artifact.quantized and scheme is not None:
+        level = scheme.accuracy_level if accuracy_level is None else accuracy_level
+        facts["gemms_split"] = _split_gemms(graph)
+        params = {n: p.detach().float().numpy() for n, p in model.named_parameters()}
+        per_row = _rewrite_per_row(graph, artifact.quantized, params)
+        counts = rewrite_quantized(graph, artifact.quantized, params, level)
+        counts["MatMulIntegerToFloat"] = per_row["MatMulIntegerToFloat"]
+        counts["GatherBlockQuantized"] += per_row["Gather"]
+        expected = sum(1 for q in artifact.quantized.values() if isinstance(q.data, BlockQuant))
+        if counts["MatMulNBits"] + counts["GatherBlockQuantized"] + counts["MatMulIntegerToFloat"] < expected:
+            raise ConfigError(
+                f"ONNX rewrite found {counts} for {expected} quantized weights; the exported encoder "
+                "graph does not have the expected MatMul/Gather structure"
+            )
+        facts |= {"scheme": scheme.name, "accuracy_level": level, "rewritten": counts}
+    else:
+        facts["scheme"] = scheme.name if scheme is not None else "onnx:fp32"
+    path = target / "model.onnx"
+    try:
+        onnx.save(graph, str(path))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"could not write {path}: {exc}") from None
+    model.config.to_json_file(str(target / "config.json"))
+    tok_files = [Path(p) for p in artifact.tokenizer.save_pretrained(target)]
+    files = [path, target / "config.json", *(p for p in tok_files if p.is_file())]
+    facts |= {
+        "file_bytes": path.stat().st_size,
+        "inputs": inputs,
+        "outputs": [output],
+        "max_length": max_length(model, artifact.tokenizer),
+        "ops": op_counts(graph),
+    }
+    if not any(o.domain == MS_DOMAIN for o in graph.opset_import) and facts.get("rewritten"):
+        raise OutputError(f"{path}: rewritten graph lacks the {MS_DOMAIN} opset")
+    log.info("wrote %s (%.1f MiB, %s)", path, facts["file_bytes"] / 2**20, facts.get("rewritten", "fp32"))
+    return files, facts
+
+
+# --- running the file -------------------------------------------------------------------------
+
+
+def ort_session(path: Path, threads: int = 2) -> Any:
+    """A CPU onnxruntime session as the pipeline measures it: ``threads`` intra-op threads, all
+    graph optimizations, sequential execution."""
+    ort = require("onnxruntime", "onnx")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def feeds(session: Any, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The session's inputs from a tokenized batch (torch or numpy), as int64 arrays."""
+    out = {}
+    for i in session.get_inputs():
+        v = batch[i.name]
+        out[i.name] = np.ascontiguousarray(v.numpy() if isinstance(v, torch.Tensor) else v, dtype=np.int64)
+    return out
+
+
+def time_batch(session: Any, batch: dict[str, Any], runs: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Latency of one ``session.run`` on ``batch``: median, p90 and min in ms over ``runs``."""
+    f = feeds(session, batch)
+    for _ in range(warmup):
+        session.run(None, f)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, f)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {
+        "median_ms": round(statistics.median(times), 3),
+        "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3),
+        "min_ms": round(times[0], 3),
+        "runs": runs,
+    }
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return (a * b).sum(-1) / np.maximum(na, 1e-12)
+
+
+def validate_encoder_onnx(
+    path: Path, artifact: ModelArtifact, texts: Sequence[str], threads: int = 2, batch_size: int = 32
+) -> dict[str, Any]:
+    """Run ``path`` in onnxruntime on ``texts`` and compare with ``encode(artifact.model, ...)``:
+    mean/min cosine for embeddings; max |Δlogit| and label agreement for classifiers."""
+    model: EncoderModel = artifact.model
+    n = max_length(model, artifact.tokenizer)
+    session = ort_session(path, threads)
+    got = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenize(artifact.tokenizer, list(texts[i : i + batch_size]), n)
+        got.append(session.run(None, feeds(session, batch))[0])
+    ours = np.concatenate(got).astype(np.float32)
+    ref = encode(model, artifact.tokenizer, list(texts), max_len=n).numpy()
+    out: dict[str, Any] = {"runtime": "onnxruntime", "texts": len(texts), "max_length": n}
+    if model.task is Task.CLASSIFICATION:
+        out["max_abs_logit_diff"] = float(np.abs(ours - ref).max())
+        out["label_agreement"] = float((ours.argmax(-1) == ref.argmax(-1)).mean())
+    else:
+        cos = _cosines(ours, ref)
+        out["mean_cosine"], out["min_cosine"] = float(cos.mean()), float(cos.min())
+    return out
+
+
+# --- the peer pipeline ----------------------------------------------------------------------------
+
+
+def peer_quantize_dynamic(model_dir: Path, out_dir: Path) -> Path:
+    """The usual recipe we compare against: optimum-onnx's feature-extraction export (fp32, token
+    states out) + ``onnxruntime.quantization.quantize_dynamic`` with default settings (QInt8
+    weights). Returns the quantized model; pool its output with ``pool_numpy``."""
+    import contextlib
+    import io
+
+    exporters = require("optimum.exporters.onnx", "onnx")
+    quant = require("onnxruntime.quantization", "onnx")
+    fp32_dir = out_dir / "peer-fp32"
+    with contextlib.redirect_stdout(io.StringIO()):
+        exporters.main_export(
+            str(model_dir),
+            output=str(fp32_dir),
+            task="feature-extraction",
+            library_name="transformers",  # token states, as a plain HF export gives
+            do_validation=False,
+            device="cpu",
+            local_files_only=True,
+        )
+    out = out_dir / "peer-int8.onnx"
+    quant.quantize_dynamic(str(fp32_dir / "model.onnx"), str(out), weight_type=quant.QuantType.QInt8)
+    return out
+
+
+def pool_numpy(
+    hidden: np.ndarray, mask: np.ndarray, mode: str = "mean", normalize: bool = True
+) -> np.ndarray:
+    """Sentence-transformers pooling of token states in numpy (for the peer's token-state output)."""
+    m = mask[..., None].astype(hidden.dtype)
+    out = hidden[:, 0] if mode == "cls" else (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    if normalize:
+        out = out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
