@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from compressor.artifact import ModelArtifact, weight_inventory
-from compressor.budget import BudgetCheck, check_budgets, mark_unreliable, plan_tensors
+from compressor.budget import BudgetCheck, check_budgets, plan_tensors
 from compressor.encoder import EncoderModel, Task, encode, encoder_facts, max_length, tokenize
-from compressor.encoder_budget import encode_roofline_ms, encoder_cost, encoder_footprint
+from compressor.encoder_budget import encoder_cost, encoder_footprint
 from compressor.encoder_metrics import embedding_agreement, label_agreement
 from compressor.errors import CompressorError, ConfigError
 from compressor.quant import ExportFormat, QuantScheme
@@ -212,29 +212,6 @@ def _export(artifact: ModelArtifact, staging: Path, texts: list[str]) -> tuple[l
     return paths, summary
 
 
-def file_cost(path: Path, artifact: ModelArtifact) -> Any:
-    """The cost model of a written file: its real size, the matrices as the artifact's plan holds them."""
-    inventory = weight_inventory(artifact.model)
-    scheme = artifact.scheme
-    assert scheme is not None
-    cost = encoder_cost(artifact.facts, inventory, plan_tensors(inventory, scheme), scheme.name, 0.0)
-    written = {"stored_bytes": float(path.stat().st_size), "basis": f"{path.name} as written"}
-    return cost.model_copy(update=written)
-
-
-def timing_texts(artifact: ModelArtifact, texts: list[str], batch: int, tokens: int) -> list[str]:
-    """``batch`` inputs of ``tokens`` tokens each (held-out sentences joined, then cut), as text so
-    that each runtime tokenizes them itself."""
-    tok = artifact.tokenizer
-    ids: list[int] = []
-    for t in texts:
-        ids += tok(t, add_special_tokens=False)["input_ids"]
-        if len(ids) >= batch * tokens:
-            break
-    body = tokens - len(tok("", add_special_tokens=True)["input_ids"])
-    return [tok.decode(ids[i * body : (i + 1) * body]) for i in range(batch)]
-
-
 def measure_encoder(
     path: Path,
     artifact: ModelArtifact,
@@ -243,79 +220,37 @@ def measure_encoder(
     label: str,
     heldout: list[str],
 ) -> tuple[StageReport, list[BudgetCheck]]:
-    """Time one budget batch in the file's runtime, score it against the float teacher on held-out
-    sentences, and check the profile's budgets (size measured, latency calibrated from the host)."""
-    from compressor.device_profile import load_profile
-    from compressor.verify import HOST_PROFILE
-    from exporters.hostload import free_threads
+    """``check``'s measurement of the file (one budget batch timed in its runtime, the budgets), plus
+    its agreement with the float teacher on held-out sentences, run through the same runtime."""
+    from compressor.verify import measure_encoder_file
 
     start = time.perf_counter()
-    host = load_profile(HOST_PROFILE)
-    wanted = min(host.runtime.threads, 2)
-    threads, load = free_threads(wanted)
-    b = profile.budgets
-    batch = timing_texts(teacher, heldout, b.encode_batch, b.encode_tokens)
-    quality_texts = heldout[:QUALITY_SENTENCES]
-    runtime, timing, outputs = _run_file(path, artifact, batch, quality_texts, threads, b.encode_tokens)
-    cost = file_cost(path, artifact)
-    scale = timing["median_ms"] / encode_roofline_ms(
-        cost, host.model_copy(update={"budgets": profile.budgets})
-    )
-    ram = None
-    footprint = encoder_footprint(
-        cost,
-        profile,
-        artifact.facts.n_heads,
-        scale=scale,
-        scale_basis=f"host measurement ({runtime}, {threads} threads: roofline x{scale:.2f})",
-        measured_size=True,
-        ram=ram,
-    )
-    checks = check_budgets(footprint, profile.budgets, artifact=label)
-    busy = threads < wanted or timing.get("foreign_load_cores", 0.0) > 0.5
-    if busy:
-        checks = mark_unreliable(checks, f"other processes used {load:.1f} cores while timing")
-    t_out = encode(teacher.model, teacher.tokenizer, quality_texts).numpy()
+    report, checks = measure_encoder_file(path, profile, label)
+    texts = heldout[:QUALITY_SENTENCES]
+    runtime, outputs = _outputs(path, artifact, texts)
+    t_out = encode(teacher.model, teacher.tokenizer, texts).numpy()
     if artifact.facts.task == Task.CLASSIFICATION.value:
         quality = label_agreement(t_out, outputs)
     else:
         quality = embedding_agreement(t_out, outputs)
-    summary: dict[str, Any] = {
-        "file": label,
-        "file_bytes": path.stat().st_size,
-        "runtime": runtime,
-        "host_threads": threads,
-        f"host_encode_ms_{b.encode_batch}x{b.encode_tokens}": round(timing["median_ms"], 2),
-        "host_encode_ms_p90": round(timing.get("p90_ms", timing["median_ms"]), 2),
-        "host_measurement_reliable": not busy,
-        **{f"vs_teacher_{k}": v for k, v in quality.items()},
-        "quality_basis": f"{len(quality_texts)} held-out sentences through {runtime} "
-        "vs the float torch teacher",
-    }
-    report = StageReport(
-        stage=f"measure[{label}]",
-        seconds=time.perf_counter() - start,
-        summary=summary,
-        footprint=footprint,
-        checks=checks,
+    report.summary.update({f"vs_teacher_{k}": v for k, v in quality.items()})
+    report.summary["quality_basis"] = (
+        f"{len(texts)} held-out sentences through {runtime} vs the float torch teacher"
     )
+    report.seconds = time.perf_counter() - start
     return report, checks
 
 
-def _run_file(
-    path: Path, artifact: ModelArtifact, batch: list[str], texts: list[str], threads: int, tokens: int
-) -> tuple[str, dict[str, float], np.ndarray]:
-    """(runtime name, timing of the ``batch`` texts, outputs for ``texts``) from the file's runtime."""
+def _outputs(path: Path, artifact: ModelArtifact, texts: list[str]) -> tuple[str, np.ndarray]:
+    """(runtime name, the file's outputs for ``texts``) from the file's own runtime."""
     n = max_length(artifact.model, artifact.tokenizer)
     if path.suffix == ".gguf":
-        from exporters.gguf_encoder import gguf_embed, gguf_time_batch
+        from exporters.gguf_encoder import gguf_embed
 
-        timing = gguf_time_batch(path, batch, tokens, threads, TIMING_RUNS)
-        return "llama.cpp (llama-cpp-python)", timing, gguf_embed(path, texts, threads, max_len=n)
-    from exporters.onnx_encoder import feeds, ort_session, time_batch
+        return "llama.cpp (llama-cpp-python)", gguf_embed(path, texts, 2, max_len=n)
+    from exporters.onnx_encoder import feeds, ort_session
 
-    session = ort_session(path, threads)
-    timing = time_batch(session, tokenize(artifact.tokenizer, batch, tokens), TIMING_RUNS)
+    session = ort_session(path, 2)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
     out: np.ndarray | None = None
     for i in range(0, len(order), 64):
@@ -325,4 +260,4 @@ def _run_file(
             out = np.empty((len(texts), got.shape[-1]), dtype=np.float32)
         out[idx] = got
     assert out is not None
-    return "onnxruntime", timing, out
+    return "onnxruntime", out

@@ -27,10 +27,12 @@ from compressor.budget import (
     project_footprint,
 )
 from compressor.device_profile import DeviceProfile, load_profile
+from compressor.errors import ModelLoadError
 from compressor.report import StageReport
 
 HOST_PROFILE = "host"
 GEN_TOKENS = 32
+ENCODER_RUNS = 20  # timed batches of an encoder
 
 
 def _host_threads() -> tuple[DeviceProfile, int, int, float]:
@@ -101,6 +103,10 @@ def measure_artifact(
     path: Path, profile: DeviceProfile, label: str, repeats: int = 3
 ) -> tuple[StageReport, list[BudgetCheck]]:
     """Measure ``path`` (.gguf or .onnx/.ort) in its runtime and check it against ``profile``."""
+    from compressor.inspect_encoder import is_encoder_file
+
+    if is_encoder_file(path):
+        return measure_encoder_file(path, profile, label)
     start = time.perf_counter()
     host, wanted, threads, load = _host_threads()
     measure = _measure_gguf if path.suffix == ".gguf" else _measure_onnx
@@ -136,6 +142,90 @@ def measure_artifact(
         "host_measurement_reliable": not busy,
         "prompt_tokens": m["prompt_tokens"],
         "runtime": m["runtime"],
+        **summary,
+    }
+    report = StageReport(
+        stage=f"measure[{label}]",
+        seconds=time.perf_counter() - start,
+        summary=measured,
+        footprint=footprint,
+        checks=checks,
+    )
+    return report, checks
+
+
+def _long_texts(batch: int, tokens: int) -> list[str]:
+    """``batch`` texts of well over ``tokens`` tokens (built-in held-out sentences joined), which each
+    runtime tokenizes and cuts to exactly ``tokens``: the same input for every file and runtime."""
+    from compressor.sentences import sentence_split
+
+    _, held, _ = sentence_split([])
+    per = max(4, tokens // 6)  # sentences average well over 6 tokens
+    return [" ".join(held[i * per : (i + 1) * per]) for i in range(batch)]
+
+
+def _time_encoder(path: Path, texts: list[str], tokens: int, threads: int) -> tuple[str, dict[str, Any]]:
+    if path.suffix == ".gguf":
+        from exporters.gguf_encoder import gguf_time_batch
+
+        return "llama.cpp (llama-cpp-python)", gguf_time_batch(path, texts, tokens, threads, ENCODER_RUNS)
+    from transformers import PreTrainedTokenizerFast
+
+    from compressor.encoder import tokenize
+    from exporters.onnx_encoder import ort_session, time_batch
+
+    tok_file = path.parent / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ModelLoadError(f"{tok_file} is missing: an encoder's ONNX folder carries its tokenizer")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
+    batch = tokenize(tokenizer, texts, tokens)
+    return "onnxruntime", time_batch(ort_session(path, threads), batch, ENCODER_RUNS)
+
+
+def measure_encoder_file(
+    path: Path, profile: DeviceProfile, label: str, texts: list[str] | None = None
+) -> tuple[StageReport, list[BudgetCheck]]:
+    """Time one budget batch (``encode_batch`` x ``encode_tokens``) of an encoder file in its runtime
+    here and check the profile's budgets: size measured, batch latency projected to the device by the
+    roofline scaled by host measurement / host roofline, RAM estimated (docs/latency-model.md)."""
+    from compressor.encoder_budget import encode_roofline_ms, encoder_footprint
+    from compressor.inspect_encoder import encoder_file_cost
+    from exporters.hostload import foreign_load
+
+    start = time.perf_counter()
+    host, wanted, threads, load = _host_threads()
+    b = profile.budgets
+    cost, summary = encoder_file_cost(path)
+    runtime, timing = _time_encoder(
+        path, texts or _long_texts(b.encode_batch, b.encode_tokens), b.encode_tokens, threads
+    )
+    after = foreign_load()
+    host_b = host.model_copy(update={"budgets": b})
+    scale = timing["median_ms"] / encode_roofline_ms(cost, host_b)
+    footprint = encoder_footprint(
+        cost,
+        profile,
+        summary["heads"],
+        scale=scale,
+        scale_basis=f"host measurement ({runtime}, {threads} threads: roofline x{scale:.2f})",
+        measured_size=True,
+    )
+    checks = check_budgets(footprint, b, artifact=label)
+    busy = []
+    if threads < wanted:
+        busy.append(f"other processes used {load:.1f} cores, so {threads} of {wanted} threads ran")
+    if after > 0.5:
+        busy.append(f"other processes used {after:.1f} cores after timing")
+    if busy:
+        checks = mark_unreliable(checks, "; ".join(busy))
+    measured: dict[str, Any] = {
+        "file": label,
+        "file_bytes": path.stat().st_size,
+        "runtime": runtime,
+        "host_threads": threads,
+        f"host_encode_ms_{b.encode_batch}x{b.encode_tokens}": round(timing["median_ms"], 2),
+        "host_encode_ms_p90": round(timing["p90_ms"], 2),
+        "host_measurement_reliable": not busy,
         **summary,
     }
     report = StageReport(
