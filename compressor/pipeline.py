@@ -247,6 +247,11 @@ def _check_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: s
     from exporters.validate import format_problems
 
     problems = [f"{s.name}: {p}" for s in schemes for p in format_problems(artifact.model, s.format)]
+    problems += [
+        f"{s.name}: per-channel int8 is written for encoders only; decoders use onnx:int8 (blockwise)"
+        for s in schemes
+        if s.per_channel
+    ]
     if problems:
         raise ConfigError(
             f"{model} ({artifact.facts.family}) cannot be exported as requested: " + "; ".join(problems)

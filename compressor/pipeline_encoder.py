@@ -24,7 +24,7 @@ from compressor.budget import BudgetCheck, check_budgets, plan_tensors
 from compressor.encoder import EncoderModel, Task, encode, encoder_facts, max_length, tokenize
 from compressor.encoder_budget import encoder_cost, encoder_footprint
 from compressor.encoder_metrics import embedding_agreement, label_agreement
-from compressor.errors import CompressorError, ConfigError
+from compressor.errors import CompressorError, ConfigError, ValidationError
 from compressor.quant import ExportFormat, QuantScheme
 from compressor.report import StageReport, StageStatus
 from compressor.sentences import sentence_split
@@ -32,6 +32,8 @@ from compressor.stage import StageContext
 
 QUALITY_SENTENCES = 3000  # held-out sentences for cosine and retrieval agreement
 VALIDATE_SENTENCES = 64
+SMOOTH_SENTENCES = 512  # calibration sentences for activation smoothing (per-channel int8)
+ONNX_MIN_COSINE = 0.995  # mean, file vs torch with the same weights (int8 activations round a little)
 TIMING_RUNS = 20
 
 
@@ -82,9 +84,8 @@ def run_encoder(
     if req.distill or req.qat:
         artifact = _distill(run, teacher, artifact, train, heldout, progress)
     for scheme in run.schemes:
-        _target(
-            run, artifact, teacher, StageContext(profile=profile, scheme=scheme), staging, heldout, progress
-        )
+        ctx = StageContext(profile=profile, scheme=scheme)
+        _target(run, artifact, teacher, ctx, staging, train, heldout, progress)
     return artifact
 
 
@@ -158,15 +159,22 @@ def _target(
     teacher: ModelArtifact,
     ctx: StageContext,
     staging: Path,
+    train: list[str],
     heldout: list[str],
     progress: Any,
 ) -> None:
     from stages.quantize import QuantizeStage
+    from stages.smooth import is_smoothed, smooth_encoder
 
     name = ctx.scheme.name
     with progress(f"quantize[{name}]", f"quantizing to {name}"):
         work = artifact.evolve("copy", model=copy.deepcopy(artifact.model))
+        smoothing = None
+        if ctx.scheme.per_channel and not is_smoothed(work.model):
+            smoothing = smooth_encoder(work.model, work.tokenizer, train[:SMOOTH_SENTENCES])
         result = QuantizeStage().run(work, ctx)
+    if smoothing is not None:
+        result.report.summary["smoothing"] = smoothing
     result.report.stage = f"quantize[{name}]"
     run.stages.append(result.report)
     project(result.artifact, ctx.profile, ctx.scheme, result.report)
@@ -208,7 +216,13 @@ def _export(artifact: ModelArtifact, staging: Path, texts: list[str]) -> tuple[l
 
     paths, summary = export_encoder_onnx(artifact, staging)
     paths = [p for p in paths if p.suffix == ".onnx"]
-    summary["validation"] = validate_encoder_onnx(paths[0], artifact, texts)
+    summary["validation"] = check = validate_encoder_onnx(paths[0], artifact, texts)
+    # the file against the torch model holding the same weights: only activation rounding differs
+    if check.get("mean_cosine", 1.0) < ONNX_MIN_COSINE or check.get("label_agreement", 1.0) < 0.95:
+        raise ValidationError(
+            f"{paths[0].name} disagrees with the torch model holding the same weights: {check}; "
+            "please report this"
+        )
     return paths, summary
 
 

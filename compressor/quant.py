@@ -110,8 +110,11 @@ class QuantScheme(BaseModel):
     stored blockwise along the input dimension (MatMulNBits / GatherBlockQuantized) with
     ``block_size`` elements per fp32 scale, symmetric or with a zero point per block;
     ``accuracy_level`` is onnxruntime's MatMulNBits compute type (0: fp32 activations; 4: int8
-    activations, several times faster on CPU and slightly less exact). ``embedding_type`` overrides
-    the type of the (tied) embedding and output head.
+    activations, several times faster on CPU and slightly less exact). ``block_size`` 0
+    (``onnx:int8-channel``) stores int8 with one scale per output channel (a block is the whole row),
+    which the exporter writes for onnxruntime's integer GEMM (``MatMulIntegerToFloat`` on dynamically
+    quantized activations: the fastest int8 path on x86 and Arm CPUs); other types then use 32.
+    ``embedding_type`` overrides the type of the (tied) embedding and output head.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -141,7 +144,10 @@ class QuantScheme(BaseModel):
         kind = self.weight_type
         if self.format is ExportFormat.ONNX and kind != "fp32":
             kind += "" if self.symmetric else "-asym"
-            kind += "" if self.block_size == 32 else f"-block{self.block_size}"
+            if self.per_channel:
+                kind += "-channel"
+            elif self.block_size != 32:
+                kind += f"-block{self.block_size}"
         suffix = f"+embed={self.embedding_type}" if self.embedding_type else ""
         return f"{self.format.value}:{kind}{suffix}"
 
@@ -183,6 +189,16 @@ class QuantScheme(BaseModel):
         return cls(format=ExportFormat.GGUF, weight_type=kind, embedding_type=embedding_type)
 
     @property
+    def per_channel(self) -> bool:
+        return self.format is ExportFormat.ONNX and self.block_size == 0
+
+    def block_for(self, kind: str, row_len: int) -> int:
+        """Elements per scale of an ONNX tensor of ``kind`` with rows of ``row_len``."""
+        if self.per_channel:
+            return row_len if kind == "int8" else 32
+        return self.block_size
+
+    @property
     def learns_scales(self) -> bool:
         """Whether QAT learns this scheme's block scales (GGUF types we pack, mixed plans included)."""
         if self.format is not ExportFormat.GGUF or self.delegated_to_llama_cpp:
@@ -212,6 +228,8 @@ class QuantScheme(BaseModel):
     def row_multiple(self) -> int:
         """Row lengths that pack without fallback (what pruning must round widths to)."""
         if self.format is ExportFormat.ONNX:
+            if self.per_channel:
+                return 32 if self.embedding_type == "int4" else 1
             return 1 if self.weight_type == "fp32" else self.block_size
         if self.is_mixed:
             return max(GGML_BLOCK[t] for t in self.mixed_types)
@@ -236,23 +254,24 @@ class QuantScheme(BaseModel):
             return LLAMA_FTYPES[self.weight_type][1]
         return self.weight_type
 
-    def bits(self, kind: str) -> float:
-        """Storage bits per weight of a tensor type under this scheme."""
+    def bits(self, kind: str, row_len: int = 1024) -> float:
+        """Storage bits per weight of a tensor type under this scheme (``row_len``: per-channel scales)."""
         if self.format is ExportFormat.GGUF:
             return GGML_BITS[kind]
         if kind == "fp32":
             return 32.0
         code_bits = 4 if kind == "int4" else 8
         zero_point_bits = 0 if self.symmetric or kind == "int8" else code_bits
-        return code_bits + (32 + zero_point_bits) / self.block_size
+        return code_bits + (32 + zero_point_bits) / self.block_for(kind, row_len)
 
     def plan(self, role: TensorRole, row_len: int, name: str | None = None) -> TensorPlan:
         """The type a tensor with rows of ``row_len`` elements will really get."""
         chosen = dict(self.overrides)
         want = chosen[name] if name in chosen else self.requested_type(role)
         if self.format is ExportFormat.ONNX:
-            ok = want == "fp32" or role.vector or row_len % self.block_size == 0
-            kind, block = (want if ok else ONNX_FALLBACK), self.block_size
+            block = self.block_for(want, row_len)
+            ok = want == "fp32" or role.vector or row_len % block == 0
+            kind = want if ok else ONNX_FALLBACK
         else:
             kind, block = want, GGML_BLOCK[want]
             if row_len % block:
@@ -260,28 +279,35 @@ class QuantScheme(BaseModel):
                 if row_len % GGML_BLOCK[kind]:
                     kind = "F16"
         if kind == want:
-            return TensorPlan(requested=want, effective=want, bits=self.bits(want))
+            return TensorPlan(requested=want, effective=want, bits=self.bits(want, row_len))
         reason = f"row length {row_len} is not a multiple of {block} required by {want}"
-        return TensorPlan(requested=want, effective=kind, bits=self.bits(kind), reason=reason)
+        return TensorPlan(requested=want, effective=kind, bits=self.bits(kind, row_len), reason=reason)
 
 
 def _parse_onnx(spec: str, kind: str, embedding_type: str | None, accuracy_level: int) -> QuantScheme:
     parts = kind.lower().split("-")
     base, options = parts[0], parts[1:]
-    block, symmetric = 32, True
+    block, symmetric, channel = 32, True, False
     for opt in options:
         if opt == "asym":
             symmetric = False
+        elif opt == "channel":
+            channel = True
         elif opt.startswith("block") and opt[5:].isdigit():
             block = int(opt[5:])
         else:
-            raise ConfigError(f"unknown option '{opt}' in '{spec}' (allowed: -asym, -blockN)")
+            raise ConfigError(f"unknown option '{opt}' in '{spec}' (allowed: -asym, -blockN, -channel)")
+    if channel and (base != "int8" or not symmetric or "block" in kind):
+        raise ConfigError(
+            f"'-channel' in '{spec}': per-channel scales are for symmetric int8 (onnx:int8-channel)"
+        )
     if base not in (*ONNX_TYPES, MIXED):
         raise ConfigError(
             f"unknown ONNX type '{base}' in '{spec}'; choose one of: {', '.join(supported_schemes())}"
         )
     if block < 16 or block & (block - 1):
         raise ConfigError(f"block size {block} in '{spec}' must be a power of two >= 16 (MatMulNBits)")
+    block = 0 if channel else block
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"accuracy level {accuracy_level} must be 0..4 (onnxruntime MatMulNBits)")
     if embedding_type is not None and embedding_type.lower() not in ONNX_TYPES:
@@ -332,4 +358,13 @@ def _onnx_mixed_types(text: str | None) -> tuple[str, ...]:
 
 def supported_schemes() -> list[str]:
     gguf = [f"gguf:{t}" for t in (*OWN_GGUF_TYPES, *LLAMA_FTYPES, MIXED)]
-    return [*gguf, "onnx:fp32", "onnx:int8", "onnx:int4", "onnx:int4-asym", "onnx:int4-block64", "onnx:mixed"]
+    return [
+        *gguf,
+        "onnx:fp32",
+        "onnx:int8",
+        "onnx:int8-channel",
+        "onnx:int4",
+        "onnx:int4-asym",
+        "onnx:int4-block64",
+        "onnx:mixed",
+    ]

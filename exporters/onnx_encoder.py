@@ -16,14 +16,21 @@ Why our own exporter rather than optimum-onnx's feature-extraction export + onnx
   stage's, what QAT trained through) as ``MatMulNBits`` / ``GatherBlockQuantized`` with the decoder
   exporter's rewrite (``exporters.onnx.rewrite_quantized``), so the file computes what the torch
   model holding the dequantized weights computes.
-* Speed: before the rewrite the fp32 graph goes through onnxruntime's transformer optimizer with
+* Speed (all-MiniLM-L6-v2, 2 threads on a Xeon with AMX/VNNI, 8 x 128 tokens): ``MatMulNBits``
+  (blockwise codes) runs 2.8-3.7x slower than onnxruntime's integer GEMM there, even slower than
+  fp32 (int8 block 32: 126 ms; fp32: 105 ms; optimum + quantize_dynamic: 40 ms). Int8 weights with
+  one block per row (a scale per output channel, still our codec and our codes) are therefore
+  written as ``MatMulIntegerToFloat`` on a shared ``DynamicQuantizeLinear`` of the input (38 ms,
+  cosine 0.993 to float torch, where quantize_dynamic's per-tensor scales give 0.960). Blockwise
+  weights stay ``MatMulNBits``. ``fuse=True`` first runs onnxruntime's transformer optimizer with
   only the fusions that keep every weight in its own ``MatMul`` (LayerNormalization,
-  SkipLayerNormalization with the output bias, BiasGelu, MultiHeadAttention over separate Q/K/V
-  projections). The packed-QKV ``Attention`` and ``EmbedLayerNormalization`` fusions are off: they
-  concatenate or absorb weights, which then no longer match our codes by content (and their fp32
-  weights would stay fp32). Classifier heads on 2-D inputs come out of the exporter as ``Gemm``;
-  those are split into ``MatMul`` + ``Add`` so they are rewritten too. The measured choice of
-  defaults (block size, accuracy level, fusions) is recorded in ``DEFAULTS_NOTE``.
+  SkipLayerNormalization with the output bias, BiasGelu, MultiHeadAttention over separate Q/K/V;
+  the packed-QKV ``Attention`` and ``EmbedLayerNormalization`` fusions concatenate or absorb
+  weights, which then no longer match our codes by content). It is off by default: the session's
+  own load-time fusions of the unfused graph were faster on every batch shape measured (per-row
+  int8 39 vs 45 ms, MatMulNBits int8 117 vs 126 ms; the CPU MultiHeadAttention is the slow part).
+  Classifier heads on 2-D inputs come out of the exporter as ``Gemm``;
+  those are split into ``MatMul`` + ``Add`` so they are rewritten too.
 """
 
 from __future__ import annotations
@@ -54,10 +61,6 @@ OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 EMBEDDING_OUTPUT = "sentence_embedding"
 LOGITS_OUTPUT = "logits"
-DEFAULTS_NOTE = (
-    "all-MiniLM-L6-v2 on a 2-core x86 host, 8x128 tokens: fused graph + MatMulNBits (int8, accuracy "
-    "level 4) is faster than optimum fp32 + quantize_dynamic; see the exporter's report"
-)
 
 
 def uses_token_types(model: EncoderModel) -> bool:
@@ -176,8 +179,67 @@ def _is_per_row(bq: Any) -> bool:
     return isinstance(bq, BlockQuant) and bq.bits == 8 and bq.zero_points is None and bq.codes.shape[1] == 1
 
 
+TOKEN_SHIFT = 1.0  # c: per-token quantization covers [-c, 254c]; GELU/SiLU outputs are >= -0.28
+
+
+def _token_quant(helper: Any, x: str, outs: list[str], add: Any) -> list[Any]:
+    """uint8 codes of ``x`` with one scale per token, for inputs bounded below (an FFN activation):
+    s0 = (max(x) + c) / 255, z = max(1, floor(c / s0)), s = c / z, q = round(x / s) + z, one fused
+    ``QuantizeLinear`` along the token axis. Because s * z = c for every token, the zero points'
+    share of the product is the constant c * colsum(W), folded into the bias: the rescale is a single
+    multiply by the token's scale. Outputs: codes, scales (tokens,), ``<scale>.col`` as a column."""
+    xq, xs, _ = outs
+    n = x + ".tq"
+    c = add("tq.c", np.float32(TOKEN_SHIFT))
+    inv = add("tq.inv255", np.float32(1.0 / 255.0))
+    tiny = add("tq.tiny", np.float32(1e-8))
+    one = add("tq.onef", np.float32(1.0))
+    lastidx = add("tq.lastidx", np.array([-1], dtype=np.int64))
+    rows = add("tq.rows", np.array([-1], dtype=np.int64))
+    colone = add("tq.col", np.array([1], dtype=np.int64))
+    zero_i = add("tq.zero_i", np.array([0], dtype=np.int64))
+    return [
+        helper.make_node("Shape", [x], [n + ".shape"], name=n + ".shape"),
+        helper.make_node("Gather", [n + ".shape", lastidx], [n + ".k"], name=n + ".k", axis=0),
+        helper.make_node("Concat", [rows, n + ".k"], [n + ".2d"], name=n + ".2d", axis=0),
+        helper.make_node("Reshape", [x, n + ".2d"], [n + ".x2"], name=n + ".x2"),
+        helper.make_node("ReduceMax", [n + ".x2"], [n + ".mx"], name=n + ".mx", axes=[1], keepdims=0),
+        helper.make_node("Add", [n + ".mx", c], [n + ".range"], name=n + ".range"),
+        helper.make_node("Mul", [n + ".range", inv], [n + ".s0"], name=n + ".s0"),
+        helper.make_node("Max", [n + ".s0", tiny], [n + ".s1"], name=n + ".s1"),
+        helper.make_node("Div", [c, n + ".s1"], [n + ".cs"], name=n + ".cs"),
+        helper.make_node("Floor", [n + ".cs"], [n + ".zf0"], name=n + ".zf0"),
+        helper.make_node("Max", [n + ".zf0", one], [n + ".zf"], name=n + ".zf"),
+        helper.make_node("Div", [c, n + ".zf"], [xs], name=n + ".s"),
+        helper.make_node("Cast", [n + ".zf"], [n + ".z"], name=n + ".z", to=2),  # uint8
+        helper.make_node("QuantizeLinear", [n + ".x2", xs, n + ".z"], [n + ".q2"], name=n + ".q", axis=0),
+        helper.make_node("Reshape", [n + ".q2", n + ".shape"], [xq], name=n + ".qshape"),
+        helper.make_node("Slice", [n + ".shape", zero_i, lastidx], [n + ".lead"], name=n + ".lead"),
+        helper.make_node("Concat", [n + ".lead", colone], [n + ".colshape"], name=n + ".colshape", axis=0),
+        helper.make_node("Reshape", [xs, n + ".colshape"], [xs + ".col"], name=n + ".scol"),
+    ]
+
+
+def _fold_into_bias(graph_nodes: Any, inits: dict[str, Any], y: str, delta: np.ndarray, add: Any) -> bool:
+    """Add ``delta`` to the bias of the ``Add(y, bias)`` that follows ``y``; False if there is none."""
+    from onnx import numpy_helper
+
+    for node in graph_nodes:
+        if node.op_type == "Add" and y in node.input:
+            other = node.input[1 - list(node.input).index(y)]
+            if other in inits and tuple(inits[other].dims) == delta.shape:
+                bias = numpy_helper.to_array(inits[other]).astype(np.float32)
+                node.input[list(node.input).index(other)] = add(other + ".shifted", bias + delta)
+                return True
+    return False
+
+
 def _rewrite_per_row(
-    graph: Any, quantized: dict[str, QuantizedTensor], params: dict[str, np.ndarray]
+    graph: Any,
+    quantized: dict[str, QuantizedTensor],
+    params: dict[str, np.ndarray],
+    per_token: set[str],
+    row_limit: dict[str, int] | None = None,
 ) -> dict:
     """int8 weights with one block per row (a scale per output channel) need no MatMulNBits: a
     ``MatMul`` by one becomes ``MatMulIntegerToFloat`` on its input quantized once to uint8 by
@@ -188,15 +250,12 @@ def _rewrite_per_row(
     per-tensor uint8 rounding. Other weights are left for ``rewrite_quantized``."""
     from onnx import helper, numpy_helper
 
-    def per_row(name: str) -> BlockQuant | None:
-        bq = quantized[name].data if name in quantized else None
-        return bq if _is_per_row(bq) else None
-
-    by_digest = {_digest(w): n for n, w in params.items() if per_row(n) is not None}
+    rows: dict[str, BlockQuant] = {n: q.data for n, q in quantized.items() if _is_per_row(q.data)}
+    by_digest = {_digest(w): n for n, w in params.items() if n in rows}
     inits = {t.name: t for t in graph.graph.initializer}
     counts = {"MatMulIntegerToFloat": 0, "Gather": 0}
 
-    def add(name: str, a: np.ndarray) -> str:
+    def add(name: str, a: Any) -> str:
         if name not in inits:
             inits[name] = numpy_helper.from_array(np.ascontiguousarray(a), name)
             graph.graph.initializer.append(inits[name])
@@ -208,38 +267,60 @@ def _rewrite_per_row(
 
     nodes: list[Any] = []
     shared: dict[str, list[str]] = {}
+    shifts: list[tuple[str, np.ndarray]] = []  # (product, constant to add): per-token zero points
     for node in graph.graph.node:
         w = weight(node.input[1]) if node.op_type == "MatMul" else None
         pname = by_digest.get(_digest(w.T)) if w is not None else None
         if pname is not None:
-            bq = per_row(pname)
+            bq = rows[pname]
             q8 = (bq.codes[:, 0, :].astype(np.int16) - bq.implicit_zero_point()).astype(np.int8)  # (N, K)
             b = add(pname + ".q8", q8.T)
             s = add(pname + ".qscale", bq.scales[:, 0].astype(np.float32))
             x = node.input[0]
-            if x not in shared:  # one uint8 quantization of x for all its weights (Q, K and V)
-                shared[x] = [f"{x}.u8", f"{x}.u8scale", f"{x}.u8zero"]
-                nodes.append(helper.make_node("DynamicQuantizeLinear", [x], shared[x], name=x + ".u8"))
-            xq, xs, xz = shared[x]
-            nodes.append(
-                helper.make_node(
-                    "MatMulIntegerToFloat",
-                    [xq, b, xs, s, xz],
-                    list(node.output),
-                    name=node.name + "_dq",
-                    domain=MS_DOMAIN,
+            if pname in per_token:  # FFN-down: GELU's outputs have outlier tokens, so a scale per token
+                if x not in shared:
+                    shared[x] = [f"{x}.u8", f"{x}.u8scale", ""]
+                    nodes += _token_quant(helper, x, shared[x], add)
+                xq, xs, _ = shared[x]
+                one, zero_u8 = add("tq.one", np.float32(1.0)), add("tq.zero_u8", np.uint8(0))
+                y = node.output[0]
+                nodes += [
+                    helper.make_node(
+                        "MatMulIntegerToFloat",
+                        [xq, b, one, s, zero_u8],
+                        [y + ".f"],
+                        name=y + ".mm",
+                        domain=MS_DOMAIN,
+                    ),
+                    helper.make_node("Mul", [y + ".f", xs + ".col"], [y], name=y + ".out"),
+                ]
+                deq_colsum = q8.astype(np.float32).sum(axis=1) * bq.scales[:, 0]  # (N,)
+                shifts.append((y, (-TOKEN_SHIFT * deq_colsum).astype(np.float32)))
+            else:  # smoothed inputs (stages.smooth): one uint8 scale for the tensor, shared by Q, K, V
+                if x not in shared:
+                    shared[x] = [f"{x}.u8", f"{x}.u8scale", f"{x}.u8zero"]
+                    nodes.append(helper.make_node("DynamicQuantizeLinear", [x], shared[x], name=x + ".u8"))
+                xq, xs, xz = shared[x]
+                nodes.append(
+                    helper.make_node(
+                        "MatMulIntegerToFloat",
+                        [xq, b, xs, s, xz],
+                        list(node.output),
+                        name=node.name + "_dq",
+                        domain=MS_DOMAIN,
+                    )
                 )
-            )
             counts["MatMulIntegerToFloat"] += 1
             continue
         w = weight(node.input[0]) if node.op_type == "Gather" else None
         pname = by_digest.get(_digest(w)) if w is not None else None
         if pname is not None:
-            bq = per_row(pname)
-            q8 = (bq.codes[:, 0, :].astype(np.int16) - bq.implicit_zero_point()).astype(np.int8)
+            bq = rows[pname]
+            keep = (row_limit or {}).get(pname, len(bq.codes))  # positions past the served length
+            q8 = (bq.codes[:keep, 0, :].astype(np.int16) - bq.implicit_zero_point()).astype(np.int8)
             table, scales = (
                 add(pname + ".q8", q8),
-                add(pname + ".qscale", bq.scales[:, :1].astype(np.float32)),
+                add(pname + ".qscale", bq.scales[:keep, :1].astype(np.float32)),
             )
             out, ids = node.output[0], node.input[1]
             nodes += [
@@ -251,6 +332,14 @@ def _rewrite_per_row(
             counts["Gather"] += 1
             continue
         nodes.append(node)
+    for y, delta in shifts:
+        if not _fold_into_bias(nodes, inits, y, delta, add):
+            const = add(y + ".shift", delta)
+            for nd in nodes:
+                for k, name in enumerate(nd.input):
+                    if name == y and nd.name != y + ".shiftadd":
+                        nd.input[k] = y + ".shifted"
+            nodes.append(helper.make_node("Add", [y, const], [y + ".shifted"], name=y + ".shiftadd"))
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
     used = {i for nd in graph.graph.node for i in nd.input}
@@ -261,6 +350,34 @@ def _rewrite_per_row(
     return counts
 
 
+def compact_names(model: Any) -> None:
+    """Short names for every value, initializer and node (the graph's inputs and outputs keep theirs):
+    the exporter's path-like names cost ~150 KB in a 6-layer encoder file."""
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in names:
+            names[name] = f"v{len(names):x}"
+        return names[name]
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i:x}"
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+    for v in graph.value_info:
+        v.name = short(v.name)
+    del graph.value_info[:]  # shapes are re-inferred by the runtime; keep the file lean
+    for node in graph.node:
+        node.ClearField("doc_string")
+    graph.ClearField("doc_string")
+
+
 def op_counts(model: Any) -> dict[str, int]:
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
@@ -269,15 +386,14 @@ def export_encoder_onnx(
     artifact: ModelArtifact,
     out_dir: Path,
     *,
-    fuse: bool | None = None,
+    fuse: bool = False,
     attention: bool = True,
     accuracy_level: int | None = None,
 ) -> tuple[list[Path], dict]:
     """Write ``out_dir/onnx/`` (model.onnx, config.json, tokenizer files) in the artifact's scheme.
 
-    ``fuse``: onnxruntime's transformer fusions (see the module docstring); None (default): on,
-    except with per-row int8 weights, whose ``MatMulIntegerToFloat`` + bias ``Add`` onnxruntime fuses
-    itself at load time (measured faster unfused); ``attention``: the MultiHeadAttention fusion;
+    ``fuse``: onnxruntime's transformer fusions (see the module docstring; off by default, measured
+    slower than the session's own load-time fusions); ``attention``: the MultiHeadAttention fusion;
     ``accuracy_level`` overrides the scheme's MatMulNBits compute type. Returns the written files and
     the facts for the report: file size, inputs/outputs, op counts, fusions, rewritten weights.
     """
@@ -288,8 +404,6 @@ def export_encoder_onnx(
     target = out_dir / ONNX_DIR
     target.mkdir(parents=True, exist_ok=True)
     facts: dict[str, Any] = {"opset": OPSET, "task": model.task.value}
-    if fuse is None:
-        fuse = not any(_is_per_row(q.data) for q in (artifact.quantized or {}).values())
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         inputs, output = _torch_export(model, artifact.tokenizer, fp32)
@@ -303,7 +417,14 @@ def export_encoder_onnx(
         level = scheme.accuracy_level if accuracy_level is None else accuracy_level
         facts["gemms_split"] = _split_gemms(graph)
         params = {n: p.detach().float().numpy() for n, p in model.named_parameters()}
-        per_row = _rewrite_per_row(graph, artifact.quantized, params)
+        from compressor.arch import Slot, identify
+
+        slots = {n: t.slot for n in artifact.quantized if (t := identify(model.spec, n)) is not None}
+        per_token = {n for n, slot in slots.items() if slot is Slot.DOWN}
+        served = max_length(model, artifact.tokenizer) + model.spec.position_offset
+        limit = {n: served for n, slot in slots.items() if slot is Slot.POS_EMBED}
+        per_row = _rewrite_per_row(graph, artifact.quantized, params, per_token, limit)
+        facts["positions_stored"] = served
         counts = rewrite_quantized(graph, artifact.quantized, params, level)
         counts["MatMulIntegerToFloat"] = per_row["MatMulIntegerToFloat"]
         counts["GatherBlockQuantized"] += per_row["Gather"]
@@ -317,6 +438,7 @@ def export_encoder_onnx(
     else:
         facts["scheme"] = scheme.name if scheme is not None else "onnx:fp32"
     path = target / "model.onnx"
+    compact_names(graph)
     try:
         onnx.save(graph, str(path))
     except (OSError, ValueError) as exc:

@@ -110,6 +110,7 @@ class EncoderDistillConfig(BaseModel):
     temperature: float = Field(default=2.0, gt=0)
     eval_every: int = 200
     eval_sentences: int = 256
+    keep_best: bool = True  # end on the student with the best held-out agreement seen (else the last)
     seed: int = 0
 
 
@@ -345,7 +346,7 @@ def distill_encoder(
             eta = max(0.0, (est_total - step) * seconds_per_step)
             on_step({**last, "total_steps": float(est_total), "eta_s": eta})
     final = evaluate(step)
-    if final > best_score:
+    if final > best_score or not cfg.keep_best:
         best_score, best_state, best_step = final, copy.deepcopy(student.state_dict()), step
     student.load_state_dict(best_state)
     if qat is not None:

@@ -69,7 +69,7 @@ def fake_quant(w: torch.Tensor, scheme: QuantScheme, kind: str) -> torch.Tensor:
         return w
     if kind == "F16":
         return w.half().float()
-    block = scheme.block_size if scheme.format is ExportFormat.ONNX else 32
+    block = scheme.block_for(kind, w.shape[-1]) if scheme.format is ExportFormat.ONNX else 32
     x = w.float().reshape(*w.shape[:-1], w.shape[-1] // block, block)
     if kind == "Q8_0":
         out = _q8_gguf(x)

@@ -38,7 +38,7 @@ def _quantize(
     scheme: QuantScheme, kind: str, x: np.ndarray, imp: np.ndarray | None
 ) -> tuple[Any, np.ndarray]:
     if scheme.format is ExportFormat.ONNX:
-        bq = weighted_quantize_onnx(kind, x, scheme.block_size, scheme.symmetric, imp)
+        bq = weighted_quantize_onnx(kind, x, scheme.block_for(kind, x.shape[-1]), scheme.symmetric, imp)
         return bq, bq.dequantize()
     blocks = weighted_quantize(kind, x, imp)
     return blocks, dequantize(blocks).reshape(x.shape)
@@ -54,7 +54,7 @@ def tensor_options(
     """Inventory name -> its options (every type of ``scheme.mixed_types`` its rows can pack),
     cheapest first."""
     allowed = scheme.mixed_types
-    block = scheme.block_size if scheme.format is ExportFormat.ONNX else 32
+    block = (scheme.block_size or 32) if scheme.format is ExportFormat.ONNX else 32
     fallback = ("fp32", 4.0) if scheme.format is ExportFormat.ONNX else ("F16", 2.0)
     params = dict(model.named_parameters(remove_duplicate=False))
     out: dict[str, list[Option]] = {}

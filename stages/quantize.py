@@ -59,9 +59,11 @@ def pack_weight(
     """(what the exporter writes, the dequantized weight) for one (rows, row_len) matrix."""
     if scheme.format is ExportFormat.ONNX:
         if search:
-            bq = weighted_quantize_onnx(kind, w, scheme.block_size, scheme.symmetric, importance)
+            bq = weighted_quantize_onnx(
+                kind, w, scheme.block_for(kind, w.shape[-1]), scheme.symmetric, importance
+            )
         else:
-            bq = onnx_blocks.quantize(kind, w, scheme.block_size, scheme.symmetric)
+            bq = onnx_blocks.quantize(kind, w, scheme.block_for(kind, w.shape[-1]), scheme.symmetric)
         return bq, bq.dequantize()
     return quantize_tensor(kind, w, importance, search)
 
@@ -260,7 +262,9 @@ def _gptq_all(
         x = params[w.name].detach().float().numpy()
         imp = importance.get(w.name)
         if onnx and kind in ONNX_GPTQ_TYPES:
-            start = weighted_quantize_onnx(kind, x, scheme.block_size, scheme.symmetric, imp)
+            start = weighted_quantize_onnx(
+                kind, x, scheme.block_for(kind, x.shape[-1]), scheme.symmetric, imp
+            )
             out[w.name] = gptq_onnx(kind, x, grams[w.name], start)
         elif not onnx and kind in GPTQ_TYPES:
             begin = done.get(w.name) or weighted_quantize(kind, x, imp)
