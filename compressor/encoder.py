@@ -286,6 +286,8 @@ def build_encoder(path: Path, spec: ArchSpec, config: Any, trust_remote_code: bo
     cls_name = spec.classifier_class if classify else spec.base_class
     cls = getattr(transformers, cls_name)
     kwargs: dict[str, Any] = {"add_pooling_layer": False} if not classify else {}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # "pooler weights not used": sentence-transformers pools itself
     try:
         hf = cls.from_pretrained(
             path,
@@ -298,5 +300,7 @@ def build_encoder(path: Path, spec: ArchSpec, config: Any, trust_remote_code: bo
         )
     except Exception as exc:
         raise ModelLoadError(f"could not load the encoder in {path}: {type(exc).__name__}: {exc}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
     hf.eval()
     return EncoderModel(hf, spec, task, pooling or Pooling(PoolingMode.MEAN, False))

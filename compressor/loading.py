@@ -91,7 +91,7 @@ def read_gguf_fields(path: Path) -> tuple[dict[str, Any], Any]:
 def load_model(spec: str, trust_remote_code: bool = False) -> ModelArtifact:
     """Load ``spec`` (built-in name, .gguf path or HF directory) as a float32 causal LM artifact."""
     source = resolve_source(spec)
-    if source.kind is SourceKind.HF_DIR:
+    if source.kind is SourceKind.HF_DIR or Path(source.path).is_dir():
         return _load_hf_dir(source, trust_remote_code)
     return _load_gguf(source)
 
