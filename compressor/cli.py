@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--distill-minutes", type=float, help="stop after this many minutes")
     d.add_argument("--distill-loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "skew_kl"])
     d.add_argument(
-        "--distill-lr", type=float, help="peak learning rate (default 5e-5 for decoders, 2e-4 for encoders)"
+        "--distill-lr", type=float, help="peak learning rate (default 5e-5 for decoders, 6e-4 for encoders)"
     )
     d.add_argument(
         "--knowledge",

@@ -55,7 +55,7 @@ class CompressRequest(BaseModel):
     distill_tokens: Annotated[int | None, Field(ge=256, le=10**12)] = None
     distill_minutes: Annotated[float | None, Field(gt=0, le=7 * 24 * 60, allow_inf_nan=False)] = None
     distill_loss: str = "forward_kl"
-    # None: 5e-5 for decoders, 2e-4 for encoders
+    # None: 5e-5 for decoders, 6e-4 for encoders
     distill_lr: Annotated[float | None, Field(gt=0, le=1.0, allow_inf_nan=False)] = None
     # encoders: knowledge to distil, e.g. "embedding,hidden=0.5,attention,similarity" (None: the default mix)
     knowledge: str | None = None

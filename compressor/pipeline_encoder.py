@@ -129,7 +129,7 @@ def _distill(
         losses=parse_losses(req.knowledge, model.task),
         max_minutes=req.distill_minutes or 10.0,
         max_tokens=req.distill_tokens,
-        lr=req.distill_lr or 2e-4,
+        lr=req.distill_lr or 6e-4,
     )
     qat = run.schemes[0] if req.qat else None
     if qat is not None and qat.learns_scales and qat.format is ExportFormat.GGUF:

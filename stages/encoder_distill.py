@@ -105,7 +105,7 @@ class EncoderDistillConfig(BaseModel):
     max_minutes: float = Field(default=10.0, gt=0)
     batch_size: int = Field(default=32, gt=1)
     max_len: int = Field(default=128, gt=0)
-    lr: float = Field(default=2e-4, gt=0)
+    lr: float = Field(default=6e-4, gt=0)
     warmup_steps: int = 50
     temperature: float = Field(default=2.0, gt=0)
     eval_every: int = 200
