@@ -287,7 +287,7 @@ def build_encoder(path: Path, spec: ArchSpec, config: Any, trust_remote_code: bo
     cls = getattr(transformers, cls_name)
     kwargs: dict[str, Any] = {"add_pooling_layer": False} if not classify else {}
     verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # "pooler weights not used": sentence-transformers pools itself
+    transformers.logging.set_verbosity_error()  # "pooler weights not used": sentence-transformers pools
     try:
         hf = cls.from_pretrained(
             path,

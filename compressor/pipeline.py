@@ -139,7 +139,7 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
             )
         run.stages.append(load)
         if artifact.facts.is_encoder:
-            _check_encoder_request(req, artifact, profile, schemes)
+            load.summary["skipped"] = _check_encoder_request(req, artifact, profile, schemes)
         elif req.prune is not None and req.prune.strip() != "auto":  # a bad request fails before any work
             resolve(
                 PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
@@ -215,31 +215,37 @@ def _run_decoder(
 
 def _check_encoder_request(
     req: CompressRequest, artifact: ModelArtifact, profile: DeviceProfile, schemes: list[QuantScheme]
-) -> None:
+) -> list[str]:
     """What an encoder run would fail on later, refused before any work."""
     from compressor.pipeline_encoder import check_encoder_formats
     from compressor.sentences import sentence_split
     from stages.encoder_distill import parse_losses
     from stages.encoder_prune import resolve_encoder
 
-    check_encoder_formats(artifact, schemes, req.model)
+    target = None
+    if req.prune is not None and req.prune.strip() != "auto":
+        target = resolve_encoder(
+            PruneConfig.parse(req.prune, req.prune_importance, require=True),
+            artifact.facts,
+            _row_multiple(schemes),
+        )
+    prunes_heads = target is not None and target.heads < artifact.facts.n_heads
+    kept, skipped = check_encoder_formats(artifact, schemes, req.model, prunes_heads)
+    for why in skipped:
+        log.warning("%s", why)
+    schemes[:] = kept  # the Run holds this list: skipped formats are not written
     tokens = profile.budgets.encode_tokens
     if tokens > artifact.facts.max_context:
         raise ConfigError(
             f"device profile {profile.name}: budgets.encode_tokens {tokens} exceeds what {req.model} "
             f"takes ({artifact.facts.max_context} positions); lower it"
         )
-    if req.prune is not None and req.prune.strip() != "auto":
-        resolve_encoder(
-            PruneConfig.parse(req.prune, req.prune_importance, require=True),
-            artifact.facts,
-            _row_multiple(schemes),
-        )
     if req.distill or req.qat:
         parse_losses(req.knowledge, artifact.model.task)
     elif req.knowledge:
         raise ConfigError("--knowledge chooses distillation losses; add --distill (or --qat)")
     sentence_split(list(req.calib_data))  # unreadable or too little text fails now
+    return skipped
 
 
 def _check_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: str) -> None:

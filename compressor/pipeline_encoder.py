@@ -37,24 +37,37 @@ ONNX_MIN_COSINE = 0.995  # mean, file vs torch with the same weights (int8 activ
 TIMING_RUNS = 20
 
 
-def check_encoder_formats(artifact: ModelArtifact, schemes: list[QuantScheme], model: str) -> None:
-    """A format this encoder cannot be written in is refused before any work, naming why."""
-    problems = []
+def check_encoder_formats(
+    artifact: ModelArtifact, schemes: list[QuantScheme], model: str, prunes_heads: bool = False
+) -> tuple[list[QuantScheme], list[str]]:
+    """(the schemes to run, why each other one is skipped), before any work. A GGUF this encoder
+    cannot be run as by llama.cpp is skipped with the reason (the other formats still run); a scheme
+    no format can take, or nothing left to write, is refused."""
+    problems, skipped, kept = [], [], []
     for s in schemes:
-        if s.format is ExportFormat.GGUF:
-            from exporters.gguf_encoder import encoder_gguf_problems
-
-            problems += [f"{s.name}: {p}" for p in encoder_gguf_problems(artifact)]
         if s.delegated_to_llama_cpp:
             problems.append(
                 f"{s.name}: llama.cpp's K-quant mixtures are not written for encoders; use Q8_0 or Q4_0"
             )
-        if s.is_mixed:
+        elif s.is_mixed:
             problems.append(f"{s.name}: mixed plans are not searched for encoders yet; name one type")
-    if problems:
+        elif s.format is ExportFormat.GGUF:
+            from exporters.gguf_encoder import encoder_gguf_problems
+
+            why = encoder_gguf_problems(artifact)
+            if prunes_heads:
+                why.append("llama.cpp's BERT cannot load a file whose attention heads were pruned")
+            if why:
+                skipped += [f"{s.name} skipped: {w}" for w in why]
+            else:
+                kept.append(s)
+        else:
+            kept.append(s)
+    if problems or not kept:
         raise ConfigError(
-            f"{model} ({artifact.facts.family} encoder) cannot be exported as requested", problems
+            f"{model} ({artifact.facts.family} encoder) cannot be exported as requested", problems + skipped
         )
+    return kept, skipped
 
 
 def project(
@@ -132,8 +145,11 @@ def _distill(
         lr=req.distill_lr or 6e-4,
     )
     qat = run.schemes[0] if req.qat else None
-    if qat is not None and qat.learns_scales and qat.format is ExportFormat.GGUF:
-        pass  # encoders train through the fixed-rule fake quantizer (learned GGUF scales are decoder-only)
+    smoothing = None
+    if qat is not None and qat.per_channel:  # train the weights the file will hold: smoothed ones
+        from stages.smooth import smooth_encoder
+
+        smoothing = smooth_encoder(model, teacher.tokenizer, train[:SMOOTH_SENTENCES])
     with progress("distill", "distilling from the float teacher") as bar:
 
         def on_step(row: dict[str, float]) -> None:
@@ -148,6 +164,8 @@ def _distill(
         stats = distill_encoder(teacher.model, model, teacher.tokenizer, train, heldout, cfg, qat, on_step)
     history = stats.pop("history")
     stats["heldout_cosine_curve"] = [[h["step"], round(h["heldout_cosine"], 4)] for h in history]
+    if smoothing is not None:
+        stats["smoothing"] = smoothing
     report = StageReport(stage="distill", seconds=stats["seconds"], summary=stats)
     run.stages.append(report)
     return student.evolve("distill", model=model, facts=encoder_facts(model))

@@ -320,3 +320,29 @@ def test_cli_encoder_budget_missed_and_bad_requests(
     assert main([*base, "--out", str(tmp_path / "c"), "--knowledge", "embedding"]) == ExitCode.BAD_INPUT
     assert main([*base, "--out", str(tmp_path / "d"), "--quant", "gguf:Q4_K_M"]) == ExitCode.BAD_INPUT
     assert not any((tmp_path / n).exists() for n in "bcd")
+
+
+def test_gguf_that_llama_cpp_cannot_run_is_skipped_before_work(
+    encoders: dict[str, Path], tmp_path: Path
+) -> None:
+    """Pruned heads: llama.cpp's BERT cannot load the file, so GGUF is skipped (said in the report) and
+    the ONNX is still written; QAT on the per-channel scheme trains the smoothed weights it writes."""
+    out = tmp_path / "out"
+    args = ["compress", str(encoders["st-bert"]), "--device", "raspberry-pi-5", "--out", str(out), "--quiet"]
+    args += [
+        "--quant",
+        "onnx:int8-channel,gguf:Q8_0",
+        "--prune",
+        "heads=2",
+        "--qat",
+        "--distill-tokens",
+        "3000",
+    ]
+    assert main(args) == 0
+    report = RunReport.model_validate_json((out / "report.json").read_text())
+    stages = {s.stage: s.summary for s in report.stages}
+    assert report.scheme == "onnx:int8-channel" and not (out / "model.gguf").exists()
+    assert any("pruned" in why for why in stages["load"]["skipped"])
+    assert stages["distill"]["qat"] == "onnx:int8-channel" and stages["distill"]["smoothing"]["groups"] == 12
+    assert "smoothing" not in stages["quantize[onnx:int8-channel]"]  # already smoothed before QAT
+    assert report.measured["onnx/model.onnx"]["vs_teacher_cosine_mean"] > 0.5

