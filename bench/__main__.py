@@ -19,6 +19,8 @@ STEPS = {
     "distill_loop": [],
     "quality": ["--distill-minutes"],
     "family_quality": [],
+    "encoder_quality": ["--distill-minutes"],
+    "encoder_distill": [],
     "speed": ["--rounds"],
     "pipeline_time": [],
 }
@@ -65,6 +67,34 @@ def write_report() -> Path:
             "it exactly: read the Q4_0 and Q8_0 rows, not Q4_K_M, as evidence.",
             "",
             gemma["table"],
+            "",
+        ]
+    enc = _load("encoder_quality")
+    if enc:
+        parts += [
+            "## Encoders: all-MiniLM-L6-v2 (`bench.encoder_quality`)",
+            "",
+            f"Measured on {enc['host']}. Every file runs in its own runtime (onnxruntime,",
+            f"llama.cpp) on the same {enc['sentences']:,} held-out built-in sentences; cosine and retrieval",
+            "agreement are against the float teacher in torch (recall@k: the share of each sentence's k",
+            "nearest neighbours among the others that the file finds too). Latency: median of 20 runs of",
+            "one batch of 8 x 128 tokens with 2 threads, timed as `compressor check` times it, one file at",
+            "a time. The peers' token states are pooled and normalised in numpy; ours do it in the graph.",
+            "",
+            enc["table"],
+            "",
+        ]
+    abl = _load("encoder_distill")
+    if abl:
+        parts += [
+            "## Which knowledge a 3-layer MiniLM student needs (`bench.encoder_distill`)",
+            "",
+            f"Measured on {abl['host']}: the same student (the teacher's layers 1, 3, 5) trained",
+            f"for {abl['minutes']:g} CPU minutes each at lr {abl['lr']:g} on the built-in training sentences",
+            "with one mix of knowledge, then scored in float against the float teacher on 3,000 held-out",
+            "sentences.",
+            "",
+            abl["table"],
             "",
         ]
     sens = _load("sensitivity")
