@@ -25,7 +25,8 @@ MIXES = [
     ("response + relation (attention, values)", "embedding,attention"),
     ("response + relation (batch similarity)", "embedding,similarity"),
     ("feature + relation, no response", "hidden,attention,similarity"),
-    ("all: response + feature + relation", "embedding,hidden,attention,similarity"),
+    ("response + feature + relation (attention): the default", "embedding,hidden,attention"),
+    ("all four: response + feature + both relations", "embedding,hidden,attention,similarity"),
 ]
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, mix in MIXES:
         if wanted is not None and mix not in wanted:
             if mix in old:
-                rows.append(old[mix])
+                rows.append({**old[mix], "label": label})
             continue
         student = copy.deepcopy(start)
         stats: dict = {"steps": 0, "seconds": 0.0}

