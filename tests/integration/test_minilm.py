@@ -55,16 +55,33 @@ def test_int8_onnx_and_q8_gguf_agree_with_the_teacher(bundle: Path) -> None:
     assert validation["token_ids_equal"] == validation["texts"]
 
 
+EMBED = """
+import json, sys
+import llama_cpp
+from exporters.llama_worker import _no_extra_buffers
+_no_extra_buffers()  # llama.cpp's AMX buffers crash on this host (FIELD-NOTES); plain ggml kernels
+llm = llama_cpp.Llama(sys.argv[1], embedding=True, n_threads=2, verbose=False)
+print(json.dumps(llm.embed(json.loads(sys.argv[2]), normalize=True)))
+"""
+
+
 def test_llama_cpp_embedding_api_matches_torch(bundle: Path) -> None:
-    """The GGUF through llama-cpp-python's own ``Llama.embed``, as an app would call it."""
-    import llama_cpp
+    """The GGUF through llama-cpp-python's own ``Llama.embed``, as an app would call it (in a child
+    process: a llama.cpp abort must not take the test run with it)."""
+    import subprocess
+    import sys
 
     from compressor.encoder import encode
     from compressor.loading import load_model
 
     texts = ["A man is playing a guitar.", "The new movie is awesome.", "How do I reset my password?"]
-    llm = llama_cpp.Llama(str(bundle / "model.gguf"), embedding=True, n_threads=2, verbose=False)
-    got = np.array(llm.embed(texts, normalize=True))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-c", EMBED, str(bundle / "model.gguf"), json.dumps(texts)],
+        capture_output=True, text=True, cwd=root, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
     teacher = load_model("all-minilm-l6-v2")
     ref = encode(teacher.model, teacher.tokenizer, texts).numpy()
     assert (got * ref).sum(-1).min() >= 0.99
