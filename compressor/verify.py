@@ -178,6 +178,15 @@ def _time_encoder(path: Path, texts: list[str], tokens: int, threads: int) -> tu
     if not tok_file.is_file():
         raise ModelLoadError(f"{tok_file} is missing: an encoder's ONNX folder carries its tokenizer")
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_file))
+    cfg_file = path.parent / "config.json"
+    if cfg_file.is_file():  # the positions the file holds bound the timed length
+        import json
+
+        from compressor.arch import spec_for_model_type
+
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        offset = spec_for_model_type(str(cfg.get("model_type")), str(cfg_file)).position_offset
+        tokens = min(tokens, int(cfg.get("max_position_embeddings", tokens + offset)) - offset)
     batch = tokenize(tokenizer, texts, tokens)
     return "onnxruntime", time_batch(ort_session(path, threads), batch, ENCODER_RUNS)
 

@@ -36,6 +36,7 @@ Why our own exporter rather than optimum-onnx's feature-extraction export + onnx
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import statistics
 import tempfile
@@ -444,6 +445,10 @@ def export_encoder_onnx(
     except (OSError, ValueError) as exc:
         raise OutputError(f"could not write {path}: {exc}") from None
     model.config.to_json_file(str(target / "config.json"))
+    if "positions_stored" in facts:  # the file holds only the served positions: say so to its readers
+        cfg = json.loads((target / "config.json").read_text(encoding="utf-8"))
+        cfg["max_position_embeddings"] = facts["positions_stored"]
+        (target / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     tok_files = [Path(p) for p in artifact.tokenizer.save_pretrained(target)]
     files = [path, target / "config.json", *(p for p in tok_files if p.is_file())]
     facts |= {
