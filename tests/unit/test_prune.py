@@ -93,9 +93,9 @@ def test_bad_configs_fail_with_the_reason(tiny_artifact, spec: str, needle: str)
 def test_unknown_key_and_unsupported_model(tiny_artifact) -> None:
     with pytest.raises(ConfigError, match="unknown key"):
         PruneConfig.parse("neurons=3")
-    bert = tiny_artifact.facts.model_copy(update={"architecture": "BertModel"})
-    with pytest.raises(ConfigError, match="BertModel"):
-        resolve(PruneConfig.parse("mlp=64"), bert, 32)
+    t5 = tiny_artifact.facts.model_copy(update={"architecture": "T5Model"})  # no registry entry
+    with pytest.raises(ConfigError, match="T5Model"):
+        resolve(PruneConfig.parse("mlp=64"), t5, 32)
 
 
 def test_ratios_round_down_to_legal_widths(tiny_artifact) -> None:
