@@ -20,7 +20,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict
 
 from compressor.artifact import ModelFacts, WeightInfo, kv_cache_bytes
-from compressor.device_profile import Budgets, DeviceProfile
+from compressor.device_profile import Budgets, DeviceProfile, Measurement
 from compressor.quant import QuantScheme, TensorPlan, TensorRole
 
 MIB = 1024 * 1024
@@ -148,7 +148,11 @@ def _peak_gflops(profile: DeviceProfile, cost: ModelCost) -> tuple[float, str]:
 
 
 def roofline_ms(cost: ModelCost, profile: DeviceProfile) -> tuple[float, float]:
-    """(decode ms/token at the TTFT prompt length, TTFT ms) by the roofline model, uncalibrated."""
+    """(decode ms/token at the TTFT prompt length, TTFT ms) by the roofline model, uncalibrated.
+
+    ``runtime.per_token_overhead_ms`` is the fixed cost every token pays whatever the model's size
+    (graph build, thread barriers, sampling): the intercept of the line that published decode
+    rates fit (docs/latency-model.md). It dominates for small models, so it is added, not maxed."""
     hw, prompt = profile.hardware, profile.budgets.ttft_prompt_tokens
     read = cost.streamed_bytes + cost.kv_bytes(prompt)
     mem_ms = read / (hw.memory_bandwidth_gbps * 1e9 * hw.bandwidth_efficiency_ratio) * 1e3
@@ -156,6 +160,27 @@ def roofline_ms(cost: ModelCost, profile: DeviceProfile) -> tuple[float, float]:
     flop_ms = 2 * cost.matmul_params / (gflops * 1e9 * hw.compute_efficiency_ratio) * 1e3
     decode = max(mem_ms, flop_ms) + profile.runtime.per_token_overhead_ms
     return decode, prompt * flop_ms + decode
+
+
+FLOAT_FILE_TYPES = frozenset({"F32", "F16", "BF16"})  # llama-bench type names of unquantized files
+
+
+def published_cost(m: Measurement) -> ModelCost:
+    """The cost of the model in a published measurement, from what llama-bench prints.
+
+    The whole file counts as streamed (an untied embedding's row lookup is a few % of a file and is
+    absorbed by the fit) and every parameter as multiplied; the KV cache of a tg128 run is
+    negligible next to the weights, so it is left out."""
+    size = m.file_mib * MIB
+    return ModelCost(
+        stored_bytes=size,
+        streamed_bytes=size,
+        matmul_params=round(m.params_b * 1e9),
+        kv_bytes_per_token=0.0,
+        vocab_size=0,
+        quantized=m.quant.upper() not in FLOAT_FILE_TYPES,
+        basis=f"published: {m.model} {m.quant}, {m.file_mib:g} MiB",
+    )
 
 
 class Calibration(BaseModel):

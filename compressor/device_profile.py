@@ -30,11 +30,23 @@ Gflops = Annotated[float, Field(gt=0, le=1e8, allow_inf_nan=False)]  # 100 PFLOP
 Tokens = Annotated[int, Field(gt=0, le=10_485_760)]  # 10 Mi tokens
 Milliseconds = Annotated[float, Field(ge=0, le=3_600_000, allow_inf_nan=False)]  # an hour
 MiB = Annotated[float, Field(ge=0, le=64 * 1024 * 1024, allow_inf_nan=False)]
+TokensPerSecond = Annotated[float, Field(gt=0, le=1e7, allow_inf_nan=False)]
+BillionParams = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]  # 100 T parameters
 
 
 class Engine(StrEnum):
     LLAMA_CPP = "llama.cpp"
     ONNXRUNTIME = "onnxruntime"
+
+
+class MeasuredBackend(StrEnum):
+    """Where the published run did its matrix work (llama-bench's ``backend`` column)."""
+
+    CPU = "CPU"
+    CUDA = "CUDA"
+    METAL = "Metal"
+    VULKAN = "Vulkan"
+    OPENCL = "OpenCL"
 
 
 class _Strict(BaseModel):
@@ -82,12 +94,34 @@ class Budgets(_Strict):
     encode_tokens: Annotated[int, Field(gt=0, le=8192)] = 128
 
 
+class Measurement(_Strict):
+    """One published llama-bench style run on this device, replayed by the tests through the latency
+    model (``budget.published_cost`` + ``budget.roofline_ms``) to keep the profile's figures honest.
+
+    The file's bytes are what decode streams per token; ``params_b`` sets the FLOPs of a token."""
+
+    model: Annotated[str, Field(min_length=1)]  # e.g. "Llama 3.2 3B Instruct"
+    quant: Annotated[str, Field(min_length=1)]  # the file's type as llama-bench prints it, e.g. "Q4_K_M"
+    params_b: BillionParams  # llama-bench "params" column, in billions
+    file_mib: Annotated[MiB, Field(gt=0)]  # llama-bench "size" column, MiB (GiB x 1024)
+    backend: MeasuredBackend = MeasuredBackend.CPU
+    threads: Cores
+    tg_tokens_per_s: TokensPerSecond  # token generation (llama-bench tgN)
+    tg_tokens: Tokens = 128
+    pp_tokens_per_s: TokensPerSecond | None = None  # prompt processing (llama-bench ppN), if published
+    pp_tokens: Tokens = 512
+    # where it was published and what the page says: the URL first, then a note
+    source: Annotated[str, Field(pattern=r"^https?://\S+")]
+
+
 class DeviceProfile(_Strict):
     name: str
     description: str
     hardware: Hardware
     runtime: Runtime
     budgets: Budgets
+    # published runs the latency figures above were fitted to; none = the figures are assumptions
+    measurements: tuple[Measurement, ...] = ()
     source_path: str | None = None
 
     @pydantic.model_validator(mode="after")
@@ -103,6 +137,11 @@ class DeviceProfile(_Strict):
                 f"runtime.overhead_mib ({self.runtime.overhead_mib:g}) is not below "
                 f"hardware.ram_mib ({self.hardware.ram_mib})"
             )
+        for i, m in enumerate(self.measurements):
+            if m.threads > self.hardware.cores:
+                problems.append(
+                    f"measurements.{i}.threads ({m.threads}) exceeds hardware.cores ({self.hardware.cores})"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
