@@ -19,6 +19,7 @@ STEPS = {
     "distill_loop": [],
     "quality": ["--distill-minutes"],
     "family_quality": [],
+    "auto_search": [],
     "encoder_quality": ["--distill-minutes"],
     "encoder_distill": [],
     "speed": ["--rounds"],
@@ -53,6 +54,21 @@ def write_report() -> Path:
             quality["table"],
             "",
             "![size vs KL](pareto.svg)",
+            "",
+        ]
+    auto = _load("auto_search")
+    if auto:
+        parts += [
+            "## One command to a device: the search against a hand-written scheme (`bench.auto_search`)",
+            "",
+            f"Measured on {auto['host']}. `compressor compress smollm2-135m --device D` with nothing pinned",
+            "searches the profile runtime's formats (uniform types, mixed plans at byte targets), ranks what",
+            "is projected to fit by KL to the teacher on the built-in calibration sample, measures the best",
+            "two in llama.cpp and keeps the fitting one with the least measured KL. The second row gives it",
+            "the hand-written Q4_0 file's size as its budget. KL, top-1 and perplexity: this harness, in",
+            f"llama.cpp, on {auto['eval_tokens']} held-out license tokens (not the calibration sample).",
+            "",
+            auto["table"],
             "",
         ]
     gemma = _load("quality_gemma3")

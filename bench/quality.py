@@ -288,7 +288,7 @@ def recipes(minutes: float, art: Any) -> list[tuple[str, str, str, Callable[[], 
 def eval_sets(art: Any) -> dict[str, list[int]]:
     from compressor.calibration import token_stream
 
-    teacher_text, _, _ = token_stream(art, [], 4096)
+    teacher_text, _, _ = token_stream(art, [], 4096, teacher=True)
     return {
         "licenses": token_ids(art.tokenizer, HELDOUT_DOCS)[:EVAL_TOKENS],
         "teacher-text": teacher_text[-EVAL_TOKENS:],

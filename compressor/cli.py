@@ -10,14 +10,13 @@ import os
 import signal
 import sys
 import time
+import types
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compressor import __version__
-from compressor.arch import supported
-from compressor.builtin_models import BUILTIN_MODELS
 from compressor.errors import CompressorError, ExitCode
 
 EXIT_CODES_HELP = """exit codes:
@@ -50,6 +49,69 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _flag_name(name: str, field: Any) -> str:
+    extra = field.json_schema_extra or {}
+    return str(extra.get("flag", "--" + name.replace("_", "-")))
+
+
+def settings_flags() -> dict[str, str]:
+    """CompressRequest field -> its command-line flag (fields only a recipe sets are left out)."""
+    from compressor.config import CompressRequest
+
+    return {
+        n: _flag_name(n, f)
+        for n, f in CompressRequest.model_fields.items()
+        if not (f.json_schema_extra or {}).get("recipe_only")
+    }
+
+
+def add_settings(p: argparse.ArgumentParser) -> None:
+    """The compress flags, one per CompressRequest field: the field's description is the help, its
+    type the argument type, its Literal the choices (config.py is the single definition)."""
+    import typing
+
+    from compressor.config import CompressRequest
+
+    groups: dict[str, Any] = {}
+    for name, field in CompressRequest.model_fields.items():
+        extra = field.json_schema_extra or {}
+        if extra.get("recipe_only"):
+            continue
+        group = str(extra.get("group", ""))
+        if group and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        target = groups[group] if group else p
+        flag = _flag_name(name, field)
+        kw: dict[str, Any] = {"help": field.description, "default": None, "dest": name}
+        if "metavar" in extra:
+            kw["metavar"] = extra["metavar"]
+        ann = field.annotation
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        base = args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and args else ann
+        if typing.get_origin(base) is typing.Annotated:
+            base = typing.get_args(base)[0]
+            inner = [a for a in typing.get_args(base) if a is not type(None)]
+            base = inner[0] if inner else base
+        if flag == "model":
+            target.add_argument("model", nargs="?", help=field.description)
+            continue
+        if base is bool:
+            kw["action"] = "store_true"
+        elif typing.get_origin(base) is list:
+            kw.update(nargs="+", type=Path)
+        elif typing.get_origin(base) is typing.Literal:
+            kw["choices"] = list(typing.get_args(base))
+        elif base in (int, float, Path):
+            kw["type"] = base
+        if (
+            field.default is not None
+            and not isinstance(field.default, (bool, list))
+            and field.default is not ...
+        ):
+            kw["help"] = f"{field.description} (default {field.default})"
+        target.add_argument(flag, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -67,133 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="compress MODEL for a device profile",
         formatter_class=fmt,
         epilog=EXIT_CODES_HELP,
-        description="load -> quantize -> export (GGUF) -> measure -> package, checking the "
-        "device budgets after every stage.",
+        description="load -> (search) -> prune -> distill -> quantize -> export (GGUF, ONNX) -> measure -> "
+        "package, checking the device budgets after every stage. With neither --quant nor --prune it "
+        "searches for the configuration that fits every budget with the least KL to the teacher. "
+        "Every run writes recipe.toml; --recipe replays one.",
     )
-    c.add_argument(
-        "model",
-        help=f"built-in name ({', '.join(BUILTIN_MODELS)}), a .gguf file, or a Hugging Face directory "
-        f"of a supported family (model types: {supported()})",
+    add_settings(c)
+    c.add_argument("--quiet", action="store_true", help="no progress display")
+
+    pl = sub.add_parser(
+        "plan",
+        help="print the candidates compress would try for MODEL on a device, with projected figures",
+        formatter_class=fmt,
+        epilog=EXIT_CODES_HELP,
     )
-    c.add_argument("--device", required=True, help="profile name (see 'compressor profiles list') or .toml")
-    c.add_argument("--out", required=True, type=Path, help="output directory (created atomically)")
-    c.add_argument(
-        "--quant",
-        help="weight format(s), comma-separated, one per format: gguf:F32|F16|Q8_0|Q5_1|Q5_0|Q4_1|Q4_0|"
-        "IQ4_NL|Q4_K_M|Q5_K_M|Q6_K|mixed, onnx:fp32|int8|int4[-asym][-blockN] (default gguf:Q4_0)",
-    )
-    c.add_argument(
-        "--formats", help="export formats, e.g. onnx,gguf (default scheme per format: gguf:Q4_0, onnx:int4)"
-    )
-    c.add_argument(
-        "--mobile", action="store_true", help="also write the ORT format (.ort) for onnxruntime-mobile"
-    )
-    c.add_argument(
-        "--onnx-accuracy-level",
-        type=int,
-        default=4,
-        choices=range(5),
-        metavar="0-4",
-        help="onnxruntime MatMulNBits compute type: 0 fp32 activations, 4 int8 (default, fastest)",
-    )
-    c.add_argument(
-        "--ptq",
-        choices=["auto", "rtn", "weighted", "gptq"],
-        default="auto",
-        help="how weights are rounded: 'weighted' searches each block's scale, weighted by the input "
-        "importance measured on --calib-data when given; 'rtn' is each type's reference rule (what "
-        "llama.cpp does without an imatrix); 'gptq' keeps the weighted scales and picks codes by GPTQ "
-        "error compensation on the calibration activations; auto: gptq with calibration text "
-        "(--calib-data, or gguf:mixed), else weighted; rtn under --qat",
-    )
-    c.add_argument(
-        "--mixed-types",
-        metavar="TYPES",
-        help="with --quant gguf:mixed: the types a tensor may get (default "
-        "IQ4_NL,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0); each tensor's type is chosen to fit --max-size-mib",
-    )
-    c.add_argument(
-        "--bits-per-weight",
-        type=float,
-        metavar="B",
-        help="with --quant gguf:mixed: fit the matrices to B bits per weight on average (4.5-8.5) "
-        "instead of the size budget",
-    )
-    c.add_argument(
-        "--embedding-type",
-        help="type of the (tied) embedding/output, e.g. Q8_0 (default: Q8_0 for 4-bit schemes)",
-    )
-    g = c.add_argument_group("pruning")
-    g.add_argument(
-        "--prune",
-        metavar="SPEC",
-        help="'auto' (smallest pruning whose projection fits the budgets) or what to keep, e.g. "
-        "heads=6,kv_heads=3,mlp=1024,layers=24 (counts, or ratios in (0,1))",
-    )
-    g.add_argument(
-        "--prune-importance",
-        default="activation",
-        choices=["activation", "taylor", "magnitude", "random"],
-        help="how structures are ranked (default activation)",
-    )
-    g.add_argument(
-        "--calib-data",
-        nargs="+",
-        type=Path,
-        metavar="FILE",
-        help=".txt/.jsonl text for calibration (default: text sampled from the model)",
-    )
-    g.add_argument(
-        "--calib-tokens",
-        type=int,
-        help="calibration tokens (default 16384 of --calib-data files, 2048 of teacher-written text)",
-    )
-    d = c.add_argument_group("distillation")
-    d.add_argument(
-        "--distill", action="store_true", help="heal the (pruned) student against the float teacher"
-    )
-    d.add_argument(
-        "--qat", action="store_true", help="distill through the first --quant scheme's exact quantizer"
-    )
-    d.add_argument(
-        "--qat-codes",
-        choices=["follow", "frozen"],
-        default="follow",
-        help="QAT on GGUF types trains each block's scale (initialised from PTQ); 'follow': the codes "
-        "follow the trained weights; 'frozen': PTQ's codes stay, only scales and norms train (cheaper)",
-    )
-    d.add_argument(
-        "--qat-scale-lr",
-        type=float,
-        default=1e-3,
-        help="peak learning rate of the learned scales (relative step per update; default 1e-3)",
-    )
-    d.add_argument(
-        "--distill-tokens",
-        type=int,
-        help="tokens to train on (default 32768; no limit when --distill-minutes is given)",
-    )
-    d.add_argument("--distill-minutes", type=float, help="stop after this many minutes")
-    d.add_argument("--distill-loss", default="forward_kl", choices=["forward_kl", "reverse_kl", "skew_kl"])
-    d.add_argument(
-        "--distill-lr", type=float, help="peak learning rate (default 5e-5 for decoders, 6e-4 for encoders)"
-    )
-    d.add_argument(
-        "--knowledge",
-        metavar="KINDS",
-        help="encoders: what to distil, with optional weights: embedding (pooled output: cosine + MSE), "
-        "logits (classifiers, with temperature), hidden (mapped layers' states), attention (MiniLM "
-        "attention and value relations), similarity (sample-to-sample in a batch); default: all that "
-        "apply, e.g. 'embedding,hidden=0.5,attention'",
-    )
-    d.add_argument("--resume", action="store_true", help="continue a killed distillation from its checkpoint")
-    _budget_flags(c)
-    c.add_argument("--keep-going", action="store_true", help="run every stage even if a projection fails")
-    c.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    c.add_argument(
+    pl.add_argument("model", help="built-in name, a .gguf file, or a Hugging Face directory")
+    pl.add_argument("--device", required=True, help="profile name or .toml path")
+    pl.add_argument("--formats", help="formats to plan for (default: the profile runtime's)")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _budget_flags(pl)
+    pl.add_argument(
         "--trust-remote-code", action="store_true", help="allow a model's own Python code (unsafe)"
     )
-    c.add_argument("--quiet", action="store_true", help="no progress display")
 
     k = sub.add_parser(
         "check",
@@ -283,20 +240,53 @@ def _print_checks(report: Any) -> None:
         console.print(table)
 
 
-def _cmd_compress(args: argparse.Namespace) -> int:
+RUN_FLAGS = ("out", "force", "keep_going", "resume", "trust_remote_code", "recipe")
+
+
+def _request(args: argparse.Namespace) -> Any:
+    """The CompressRequest of the command line, or of ``--recipe`` (then only --out and the flags
+    saying how to run may be added)."""
     import pydantic
 
     from compressor.config import CompressRequest
+    from compressor.errors import ConfigError
+
+    given = {k: getattr(args, k) for k in CompressRequest.model_fields if getattr(args, k, None) is not None}
+    if args.recipe is not None:
+        from compressor import recipe
+
+        extra = sorted(settings_flags()[k] for k in given if k not in RUN_FLAGS)
+        if extra:
+            raise ConfigError(
+                f"--recipe pins the configuration; drop {', '.join(extra)} (only --out, --force, "
+                "--keep-going, --quiet may be added)"
+            )
+        rec = recipe.load(args.recipe)
+        if args.out is None:
+            raise ConfigError("--recipe needs --out DIR (where the replay writes)")
+        return recipe.request(rec, **{k: v for k, v in given.items() if k in RUN_FLAGS})
+    missing = [f for f, k in (("MODEL", "model"), ("--device", "device"), ("--out", "out")) if k not in given]
+    if missing:
+        raise UsageError(f"compress needs {', '.join(missing)} (or --recipe FILE with --out DIR)")
+    try:
+        return CompressRequest(**given)
+    except pydantic.ValidationError as exc:
+        flags = settings_flags()
+        problems = [
+            f"{flags.get(str(e['loc'][0]), str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
+        ]
+        raise ConfigError("invalid options", problems) from None
+
+
+class UsageError(Exception):
+    """A missing positional or required flag: argparse's usage error (exit 2)."""
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
     from compressor.pipeline import compress
 
-    fields = {k: getattr(args, k) for k in CompressRequest.model_fields if hasattr(args, k)}
-    try:
-        req = CompressRequest(**{k: v for k, v in fields.items() if v is not None})
-    except pydantic.ValidationError as exc:
-        from compressor.errors import ConfigError
-
-        problems = [f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid options", problems) from None
+    req = _request(args)
     from compressor import distributed
 
     show = not args.quiet and sys.stderr.isatty() and distributed.is_main()
@@ -304,6 +294,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         report = compress(req, progress)
     if not distributed.is_main():
         return report.exit_code  # rank 0 reports for the whole torchrun job
+    _print_search(report)
     _print_checks(report)
     if report.exit_code != 0:
         print(f"error: {report.message}", file=sys.stderr)
@@ -312,6 +303,102 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         files = ", ".join(f"{f} ({m['file_bytes'] / 2**20:.1f} MiB)" for f, m in report.measured.items())
         print(f"wrote {req.out}: {files}, report.json, report.md, manifest.json")
     return report.exit_code
+
+
+PLAN_COLUMNS = ("candidate", "bits/w", "size MiB", "RAM MiB", "decode ms", "TTFT ms", "projection")
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def _print_search(report: Any) -> None:
+    s = report.search
+    if s is None:
+        return
+    rows = []
+    for c in s.candidates:
+        p, m = c["projected"], c.get("measured") or {}
+
+        def f(v: Any, d: int = 1) -> str:
+            return "-" if v is None else f"{v:.{d}f}"
+
+        rows.append(
+            [c["candidate"], f(p.get("size_mib")), f(p.get("decode_ms")), f(c.get("proxy_kl"), 4),
+             f(m.get("kl"), 4), c["status"]]
+        )  # fmt: skip
+    cols = ("candidate", "size MiB", "decode ms", "proxy KL", "measured KL", "status")
+    _table(f"candidates on {report.device} (details: report.md)", cols, rows)
+    for line in (s.pruned, s.distill, s.nothing_fits):
+        if line:
+            print(f"search: {line}", file=sys.stderr)
+    if s.chosen:
+        print(f"search: chose {', '.join(s.chosen)}", file=sys.stderr)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """What compress would try, projected, without quantizing anything (seconds)."""
+    from compressor.device_profile import load_profile
+    from compressor.loading import load_model
+    from compressor.pipeline_search import _overhead, pinned_formats, plan_rows
+    from compressor.search import enumerate_candidates, formats_for
+
+    names = ("max_size_mib", "max_ram_mib", "max_decode_ms_per_token", "max_ttft_ms", "max_encode_ms")
+    profile = load_profile(args.device).with_budgets(**{n: getattr(args, n) for n in names})
+    try:
+        formats = formats_for(profile, pinned_formats(args.formats))
+    except ValueError:
+        from compressor.errors import ConfigError
+
+        raise ConfigError(f"--formats '{args.formats}': choose from gguf, onnx") from None
+    artifact = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    if artifact.facts.is_encoder:
+        from compressor.errors import ConfigError
+
+        raise ConfigError(
+            f"{args.model} is an encoder; the search plans decoders (use --quant with compress)"
+        )
+    cands, _ = enumerate_candidates(artifact, profile, formats, _overhead(artifact))
+    fitting = [c for c in cands if c.fits]
+    if args.json:
+        print(json.dumps({"device": profile.name, "candidates": [c.row() for c in cands]}, indent=2))
+    else:
+        _table(f"{args.model} on {profile.name}: projected (no file written)", PLAN_COLUMNS, plan_rows(cands))
+    if fitting:
+        print(
+            f"{len(fitting)} of {len(cands)} candidates are projected to fit; compress ranks them by KL "
+            "to the teacher on calibration text and measures the best ones (--finalists) in the runtime",
+            file=sys.stderr,
+        )
+        return 0
+    from compressor.artifact import weight_inventory
+    from compressor.errors import BudgetExceeded
+    from stages import prune_auto
+
+    smallest = min(cands, key=lambda c: c.projected["size_mib"])
+    try:
+        _, why = prune_auto.choose(
+            artifact.facts, [smallest.scheme], profile, smallest.scheme.row_multiple,
+            inventory=weight_inventory(artifact.model),
+        )  # fmt: skip
+    except BudgetExceeded as exc:
+        print("nothing fits, not even pruned: " + "; ".join(exc.problems[:3]), file=sys.stderr)
+        return int(ExitCode.BUDGET_MISSED)
+    print(
+        f"no quantization alone fits; compress would prune to {why['chosen']} ({smallest.scheme.name}) "
+        "and search again",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _write(path: Path, text: str) -> None:
@@ -365,7 +452,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compress": _cmd_compress, "check": _cmd_check, "profiles": _cmd_profiles, "schema": _cmd_schema}
+COMMANDS = {
+    "compress": _cmd_compress,
+    "plan": _cmd_plan,
+    "check": _cmd_check,
+    "profiles": _cmd_profiles,
+    "schema": _cmd_schema,
+}
 
 
 def _quiet_libraries(debug: bool) -> None:
@@ -403,11 +496,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with contextlib.suppress(ValueError):  # ValueError: not the main thread (embedded use)
         signal.signal(signal.SIGTERM, _raise_terminated)
-    if args.command in ("compress", "check"):
+    if args.command in ("compress", "check", "plan"):
         _quiet_libraries(args.debug)
     start = time.perf_counter()
     try:
-        return COMMANDS[args.command](args)
+        try:
+            return COMMANDS[args.command](args)
+        except UsageError as exc:
+            print(f"compressor {args.command}: error: {exc}", file=sys.stderr)
+            return int(ExitCode.USAGE)
     except CompressorError as exc:
         if args.debug:
             raise

@@ -40,7 +40,21 @@ def resolve_schemes(req: CompressRequest) -> list[QuantScheme]:
         schemes = [QuantScheme.parse(DEFAULT_SCHEMES[ExportFormat.GGUF], req.embedding_type)]
     if len({s.format for s in schemes}) != len(schemes):
         raise ConfigError("give at most one scheme per format (e.g. --quant gguf:Q4_0,onnx:int4)")
-    return schemes
+    return [_pinned(s, req.plan.get(s.format.value)) for s in schemes]
+
+
+def _pinned(scheme: QuantScheme, plan: dict[str, str] | None) -> QuantScheme:
+    """``scheme`` with a recipe's per-tensor types (checked when the model is loaded)."""
+    if not plan:
+        return scheme
+    allowed = set(scheme.mixed_types) if scheme.is_mixed else set()
+    bad = sorted({t for t in plan.values() if t not in allowed | {"F16", "F32", "fp32"}})
+    if bad:
+        raise ConfigError(
+            f"recipe plan for {scheme.name}: types {', '.join(bad)} are not among its types "
+            f"({', '.join(sorted(allowed)) or 'a plan pins mixed schemes only'})"
+        )
+    return scheme.with_overrides(plan)
 
 
 def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantScheme]]:
@@ -66,15 +80,25 @@ def resolve_inputs(req: CompressRequest) -> tuple[DeviceProfile, list[QuantSchem
             f"--qat on {schemes[0].name} trains through the reference rounding rule; use --ptq rtn "
             "(or auto) with it"
         )
-    mixed = any(s.is_mixed for s in schemes)
+    mixed = any(s.is_mixed and not s.overrides for s in schemes)
     if mixed and profile.budgets.max_size_mib is None and req.bits_per_weight is None:
         raise ConfigError(
             f"a mixed plan fits a size: give --max-size-mib or --bits-per-weight, or a profile with "
             f"budgets.max_size_mib ('{profile.name}' has none)"
         )
-    if req.bits_per_weight is not None and not mixed:
+    if req.bits_per_weight is not None and not any(s.is_mixed for s in schemes):
         raise ConfigError("--bits-per-weight applies to --quant gguf:mixed or onnx:mixed only")
-    if req.mixed_types and not any(s.is_mixed for s in schemes):
+    if req.mixed_types and req.searches:
+        from compressor.search import OPTION_ORDER
+
+        known = {t.upper() for menu in OPTION_ORDER.values() for t in menu}
+        bad = [t for t in req.mixed_types.split(",") if t.strip() and t.strip().upper() not in known]
+        if bad:
+            raise ConfigError(
+                f"--mixed-types: {', '.join(bad)} cannot be searched; choose from "
+                f"{', '.join(t for menu in OPTION_ORDER.values() for t in menu)}"
+            )
+    if req.mixed_types and not req.searches and not any(s.is_mixed for s in schemes):
         raise ConfigError("--mixed-types applies to --quant gguf:mixed or onnx:mixed only")
     if req.resume and not (req.distill or req.qat):
         raise ConfigError("--resume continues a distillation; add --distill or --qat")
@@ -137,6 +161,9 @@ def fingerprint(req: CompressRequest) -> dict[str, Any]:
         "knowledge": req.knowledge,
         "calib_data": [str(p) for p in req.calib_data],
         "calib_tokens": req.calib_tokens,
+        "calib_text": req.calib_text,
+        "plan": req.plan,
+        "seed": req.seed,
     }
 
 

@@ -17,7 +17,7 @@ from compressor.report import RunReport
 
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
-REPORTS = ("report.json", "report.md")  # written beside the manifest, not listed in it
+REPORTS = ("report.json", "report.md", "candidates.png")  # beside the manifest, not listed in it
 
 
 class ManifestFile(BaseModel):

@@ -28,7 +28,7 @@ from compressor.budget import (
     plan_tensors,
     project_footprint,
 )
-from compressor.config import CompressRequest
+from compressor.config import CompressRequest, Settings
 from compressor.device_profile import DeviceProfile
 from compressor.errors import BudgetExceeded, CompressorError, ConfigError, ExitCode
 from compressor.inputs import (
@@ -42,7 +42,7 @@ from compressor.inputs import (
 from compressor.outdir import OutputDir
 from compressor.package import write_bundle
 from compressor.quant import ExportFormat, PtqMethod, QuantScheme
-from compressor.report import Outcome, RunReport, StageReport, StageStatus, render_markdown
+from compressor.report import Outcome, RunReport, SearchReport, StageReport, StageStatus, render_markdown
 from compressor.stage import StageContext
 from stages import prune_auto
 from stages.prune_config import PruneConfig, resolve
@@ -90,6 +90,35 @@ class Run:
         self.final_checks: list[BudgetCheck] = []
         self.files: dict[str, str] = {}
         self.learned_summary: dict[str, Any] = {}  # the mixed plan QAT trained through, for its report
+        self.search: SearchReport | None = None  # what the search tried (compress with nothing pinned)
+        self.resolved_schemes: dict[str, QuantScheme] = {}  # scheme name -> as written (mixed: plan)
+        self.resolved_prune: str | None = None  # the shape pruned to (auto or searched)
+        self.trained_tokens: int | None = None  # what distillation trained on (a recipe pins it)
+        self.warnings: list[str] = []
+        self.start_blocks: dict[str, Any] = {}  # the search's weighted blocks: GPTQ's start (a cache)
+
+    def settings(self) -> Settings:
+        """The request as resolved by this run: what ``recipe.toml`` pins, so a replay redoes it."""
+        req, schemes = self.req, [self.resolved_schemes.get(s.name, s) for s in self.schemes]
+        budgets = {k: getattr(self.profile.budgets, k) for k in req.budget_overrides()}
+        mixed = [s for s in schemes if s.is_mixed]
+        update: dict[str, Any] = {
+            **budgets,
+            "model": _absolute(req.model),
+            "device": _absolute(req.device),
+            "calib_data": [Path(p).resolve() for p in req.calib_data],
+            "quant": ",".join(s.name for s in schemes),
+            "formats": None,
+            "plan": {s.format.value: dict(s.overrides) for s in schemes if s.overrides},
+            "mixed_types": ",".join(mixed[0].mixed_types) if mixed else None,
+            "ptq": ptq_method(req, schemes).value,
+            "prune": self.resolved_prune or (None if req.prune == "auto" else req.prune),
+            "calib_tokens": req.calibration_tokens,
+            "time_budget": None,
+        }
+        if self.trained_tokens is not None:
+            update.update(distill_tokens=self.trained_tokens, distill_minutes=None, distill=req.distill)
+        return req.settings().model_copy(update=update)
 
     def report(self, outcome: Outcome, code: ExitCode, message: str | None = None) -> RunReport:
         return RunReport(
@@ -105,6 +134,8 @@ class Run:
             measured=self.measured,
             checks=self.final_checks,
             artifacts=self.files if outcome is not Outcome.ERROR else {},
+            search=self.search,
+            warnings=self.warnings,
         )
 
     def gate(self, report: StageReport) -> None:
@@ -124,12 +155,14 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     from compressor.loading import load_model
 
     profile, schemes = resolve_inputs(req)
+    warnings = _verify_recipe(req)  # a replay of other weights or data fails before any work
     resume = load_resume(req)  # a missing, damaged or foreign checkpoint fails before any write
     if not distributed.is_main():  # another torchrun process: it trains alongside rank 0, writes nothing
         return _train_only(req, profile, schemes)
     out = OutputDir(req.out, force=req.force, inputs=input_paths(req))
     staging = out.prepare()
     run = Run(req, profile, schemes)
+    run.warnings += warnings
     try:
         with progress("load", f"loading {req.model}"):
             start = time.perf_counter()
@@ -166,6 +199,10 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
             from compressor.pipeline_encoder import run_encoder
 
             artifact = run_encoder(run, artifact, staging, progress, load)
+        elif req.searches:
+            from compressor.pipeline_search import run_search
+
+            artifact = run_search(run, artifact, staging, out.target, progress)
         else:
             artifact = _run_decoder(run, artifact, staging, out.target, progress, resume, load)
     except CompressorError as exc:
@@ -180,11 +217,48 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         raise
     report = run.report(Outcome.PASS, ExitCode.OK)
     _finish(report, run)
+    _write_recipe(run, staging)
+    _write_plot(report, profile, staging)
     write_bundle(staging, artifact, report, profile)
     for name, text in _report_files(report).items():
         (staging / name).write_text(text, encoding="utf-8")
     out.commit()
     return report
+
+
+def _absolute(name: str) -> str:
+    """A path as an absolute one (a recipe replays from any directory); a built-in name as is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def _verify_recipe(req: CompressRequest) -> list[str]:
+    if req.recipe is None:
+        return []
+    from compressor import recipe
+
+    return recipe.verify(recipe.load(req.recipe), req.recipe)
+
+
+def _write_recipe(run: Run, staging: Path) -> None:
+    """``recipe.toml``: what ran, resolved, so ``--recipe`` replays it to the same files."""
+    from compressor import recipe
+
+    if run.search is not None:
+        how = f"search: {', '.join(run.search.chosen)}"
+    else:
+        how = f"replay of {run.req.recipe}" if run.req.recipe else "flags"
+    (staging / "recipe.toml").write_text(recipe.dumps(recipe.build(run.settings(), how)), encoding="utf-8")
+
+
+def _write_plot(report: RunReport, profile: DeviceProfile, staging: Path) -> None:
+    if report.search is None:
+        return
+    from compressor.plot import candidates_png
+
+    limits = profile.budgets.model_dump()
+    title = f"{report.model} on {profile.name}: candidates ({', '.join(report.search.chosen)} chosen)"
+    if candidates_png(report.search.candidates, limits, staging / "candidates.png", title):
+        report.search.plot = "candidates.png"
 
 
 def _run_decoder(
@@ -312,6 +386,8 @@ def _run_target(
         result = stage.run(work, ctx)
     result.report.stage = f"quantize[{name}]"
     run.stages.append(result.report)
+    if result.artifact.scheme is not None:
+        run.resolved_schemes[name] = result.artifact.scheme
     project_after(result.artifact, ctx, result.report)
     run.gate(result.report)
 
@@ -352,9 +428,11 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
     calib = None
     wants_data = method is PtqMethod.GPTQ or (method is PtqMethod.WEIGHTED and req.calib_data)
     if scheme.is_mixed or (wants_data and searchable):
-        calib, _, _ = calibration_ids(artifact, list(req.calib_data), req.calibration_tokens)
+        calib, _, _ = calibration_ids(
+            artifact, list(req.calib_data), req.calibration_tokens, teacher=req.calib_text == "teacher"
+        )
     budget = None
-    if scheme.is_mixed:
+    if scheme.is_mixed and not scheme.overrides:  # a pinned plan (recipe, search) is not re-chosen
         from exporters.gguf import overhead_bytes
 
         limit = ctx.profile.budgets.max_size_mib
@@ -369,7 +447,7 @@ def _quantize_stage(run: Run, artifact: ModelArtifact, ctx: StageContext) -> Any
             budget = (
                 limit * 2**20 - (onnx_graph_bytes(artifact) if onnx else overhead_bytes(artifact)) - norms
             )
-    return QuantizeStage(method=method, calibration=calib, budget_bytes=budget)
+    return QuantizeStage(method=method, calibration=calib, budget_bytes=budget, start=run.start_blocks)
 
 
 def onnx_graph_bytes(artifact: ModelArtifact) -> int:
@@ -411,9 +489,15 @@ def _run_prune(
     from stages.prune_stage import PruneStage
 
     config, why = prune
+    if not artifact.facts.is_encoder:
+        r = resolve(config, artifact.facts, _row_multiple(run.schemes))
+        run.resolved_prune = f"heads={r.heads},kv_heads={r.kv_heads},mlp={r.mlp},layers={r.layers}"
     with progress("prune", "measuring importance on calibration text and pruning"):
         batches, heldout, source = calibration_ids(
-            artifact, list(run.req.calib_data), run.req.calibration_tokens
+            artifact,
+            list(run.req.calib_data),
+            run.req.calibration_tokens,
+            teacher=run.req.calib_text == "teacher",
         )
         stage = PruneStage(config, batches, heldout, _row_multiple(run.schemes), why)
         result = stage.run(artifact, StageContext(profile=run.profile, scheme=run.schemes[0]))
@@ -471,6 +555,7 @@ def _run_distill(
             "max_tokens": req.train_tokens,
             "max_minutes": req.distill_minutes,
             "lr": req.distill_lr or 5e-5,
+            "seed": req.seed,
             "scale_lr": req.qat_scale_lr,
         }
     )
@@ -485,8 +570,10 @@ def _run_distill(
         # teacher-written data is capped at 8192 tokens; the user's files give up to the token limit
         # (up to MINUTES_DATA_TOKENS of them when the minutes alone bound the run).
         limit = req.train_tokens or MINUTES_DATA_TOKENS
-        n_data = limit if req.calib_data else min(limit, 8192)
-        train, heldout, source = token_stream(artifact, list(req.calib_data), n_data)
+        n_data = limit if (req.calib_data or req.calib_text == "sample") else min(limit, 8192)
+        train, heldout, source = token_stream(
+            artifact, list(req.calib_data), n_data, teacher=req.calib_text == "teacher"
+        )
         stage = DistillStage(
             config,
             teacher,
@@ -502,6 +589,7 @@ def _run_distill(
         result = stage.run(student, StageContext(profile=run.profile, scheme=run.schemes[0]))
     result.report.summary["data_source"] = source
     run.stages.append(result.report)
+    run.trained_tokens = result.report.summary.get("tokens")
     if distributed.is_main():
         ckpt.unlink(missing_ok=True)
     return result.artifact

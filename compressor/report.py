@@ -42,6 +42,25 @@ class StageReport(BaseModel):
     message: str | None = None
 
 
+class SearchReport(BaseModel):
+    """What ``compress``'s search tried and why it chose what it did (see compressor/search.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    formats: list[str] = Field(default_factory=list)
+    time_budget_min: float | None = None
+    calibration: str = ""  # the text the proxy KL and GPTQ used
+    # per candidate: label, scheme, status (dropped|ranked|finalist|chosen), why, projected figures,
+    # missed budgets, proxy KL (torch, calibration sample), measured figures (finalists)
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    chosen: list[str] = Field(default_factory=list)
+    pruned: str | None = None  # why the search pruned (only when no quantization alone fits)
+    distill: str | None = None
+    nothing_fits: str | None = None
+    proxy_seconds: dict[str, float] = Field(default_factory=dict)
+    seconds: float = 0.0
+    plot: str | None = None  # PNG beside report.md
+
+
 class RunReport(BaseModel):
     """Everything one ``compress`` or ``check`` run found out."""
 
@@ -58,6 +77,7 @@ class RunReport(BaseModel):
     stages: list[StageReport] = Field(default_factory=list)
     measured: dict[str, dict[str, Any]] = Field(default_factory=dict)  # file -> host measurements
     checks: list[BudgetCheck] = Field(default_factory=list)  # the final verdict's checks
+    search: SearchReport | None = None  # compress without --quant/--prune: the candidates and the choice
     artifacts: dict[str, str] = Field(default_factory=dict)  # file in the output dir -> its scheme
     warnings: list[str] = Field(default_factory=list)  # e.g. files in a bundle its manifest lacks
 
@@ -113,6 +133,8 @@ def render_markdown(r: RunReport) -> str:
                 f"| {k} | " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in cells) + " |"
             )
         lines.append("")
+    if r.search is not None:
+        lines += _search_lines(r.search)
     if r.stages:
         lines += ["## Stages", "", "| stage | status | seconds | notes |", "|---|---|---:|---|"]
         for s in r.stages:
@@ -137,6 +159,51 @@ def render_markdown(r: RunReport) -> str:
                     )
                 lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _num(v: Any, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def _search_lines(s: SearchReport) -> list[str]:
+    lines = ["## Search", ""]
+    if s.chosen:
+        lines.append(f"- chosen: **{', '.join(s.chosen)}**")
+    if s.nothing_fits:
+        lines.append(f"- **{s.nothing_fits}**")
+    if s.pruned:
+        lines.append(f"- pruned: {s.pruned}")
+    if s.distill:
+        lines.append(f"- healing: {s.distill}")
+    lines.append(
+        f"- formats searched: {', '.join(s.formats)}; proxy KL on {s.calibration or 'calibration text'}"
+        + (f"; time budget {s.time_budget_min:g} min" if s.time_budget_min else "")
+        + f"; search took {s.seconds:.0f} s"
+    )
+    lines += [
+        "",
+        "Projected figures are estimates on the device; measured ones come from the exported file in its "
+        "runtime on this host (latency projected to the device from that measurement). Proxy KL: torch, "
+        "the candidate's exact quantizers, calibration sample; measured KL: the file vs the float teacher "
+        "on held-out text.",
+        "",
+        "| candidate | bits/w | size MiB | RAM MiB | decode ms | TTFT ms | proxy KL | measured size | "
+        "measured decode | measured KL | status | why |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for c in s.candidates:
+        p, m = c["projected"], c.get("measured") or {}
+        lines.append(
+            f"| {c['candidate']} | {_num(p.get('bits_per_weight'), 2)} | {_num(p.get('size_mib'))} | "
+            f"{_num(p.get('ram_mib'), 0)} | {_num(p.get('decode_ms'))} | {_num(p.get('ttft_ms'), 0)} | "
+            f"{_num(c.get('proxy_kl'), 4)} | {_num(m.get('file_mib'))} | {_num(m.get('decode_ms'))} | "
+            f"{_num(m.get('kl'), 4)} | {'**chosen**' if c['status'] == 'chosen' else c['status']} | "
+            f"{c['why']} |"
+        )
+    lines.append("")
+    if s.plot:
+        lines += [f"![candidates: size and decode latency against KL to the teacher]({s.plot})", ""]
+    return lines
 
 
 def _short(v: Any) -> bool:

@@ -131,6 +131,9 @@ class QuantizeStage:
     learned: dict[str, Blocks] | None = None  # blocks QAT trained (scales and codes), written as they are
     learned_scheme: QuantScheme | None = None  # the scheme QAT trained through (a mixed plan resolved)
     learned_summary: dict[str, Any] = field(default_factory=dict)
+    # blocks already computed by the same importance-weighted search (the plan search's), a cache:
+    # GPTQ starts from them instead of searching the scales again; the result is the same
+    start: dict[str, Blocks] = field(default_factory=dict)
     name: str = "quantize"
 
     def prepare(self, model: Any, scheme: QuantScheme) -> tuple[QuantScheme, Any, dict[str, Blocks], dict]:
@@ -140,8 +143,11 @@ class QuantizeStage:
         grams: dict[str, np.ndarray] | None = {} if self.method is PtqMethod.GPTQ else None
         if self.calibration and self.method is not PtqMethod.RTN:
             importance = input_importance(model, self.calibration, grams)
-        done: dict[str, Blocks] = {}
-        if scheme.is_mixed:
+        plans = plan_tensors(weight_inventory(model), scheme)
+        done: dict[str, Blocks] = {
+            n: b for n, b in self.start.items() if isinstance(b, Blocks) and plans[n].effective == b.kind
+        }
+        if scheme.is_mixed and not scheme.overrides:  # a plan not yet chosen (a recipe pins one)
             scheme, extra, done = self._choose_types(model, scheme, importance or {})
         if grams and not scheme.delegated_to_llama_cpp:
             t0 = time.perf_counter()
