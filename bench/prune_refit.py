@@ -31,7 +31,7 @@ def _texts(art: Any, calib: str, n_tokens: int) -> tuple[list[Any], dict[str, li
 
     from compressor.calibration import calibration_ids, token_stream
 
-    _, teacher_heldout, _ = token_stream(art, [], 2048)  # the pipeline's default held-out split
+    _, teacher_heldout, _ = token_stream(art, [], 2048, teacher=True)  # the pipeline's default held-out split
     heldout = {
         "teacher text": teacher_heldout,
         "license": token_ids(art.tokenizer, HELDOUT_DOCS)[:HELDOUT_LICENSE_TOKENS],

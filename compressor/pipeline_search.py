@@ -24,7 +24,7 @@ from compressor.artifact import ModelArtifact, weight_inventory
 from compressor.budget import MIB
 from compressor.errors import BudgetExceeded, CompressorError
 from compressor.quant import ExportFormat, QuantScheme
-from compressor.report import SearchReport, StageReport
+from compressor.report import SearchReport, StageReport, StageStatus
 from compressor.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,14 @@ def run_search(
             report.candidates = [c.row() for c in cands]
             report.nothing_fits = _nothing_fits(near, exc.problems)
             run.search = report
-            run.stages.append(StageReport(stage="search", seconds=time.perf_counter() - start))
+            run.stages.append(
+                StageReport(
+                    stage="search",
+                    status=StageStatus.STOPPED,
+                    seconds=time.perf_counter() - start,
+                    message=report.nothing_fits,
+                )
+            )
             raise BudgetExceeded(report.nothing_fits, exc.problems) from None
         config = config.model_copy(
             update={"importance": PruneConfig.parse("", req.prune_importance).importance}
@@ -141,6 +148,8 @@ def run_search(
     report.chosen = [c.label for c in chosen]
     report.seconds = round(time.perf_counter() - start, 1)
     run.search = report
+    summary = {"chosen": report.chosen, "candidates": len(report.candidates), "pruned": bool(report.pruned)}
+    run.stages.insert(1, StageReport(stage="search", seconds=report.seconds, summary=summary))
     run.schemes[:] = [c.scheme for c in chosen]
     return artifact
 

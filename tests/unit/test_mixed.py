@@ -74,7 +74,8 @@ def test_mixed_without_a_size_is_refused(tiny_model_dir: Path, tmp_path: Path, c
     ("extra", "needle"),
     [
         (["--quant", "gguf:mixed", "--mixed-types", "Q4_K,Q8_0", "--max-size-mib", "1"], "Q4_K"),
-        (["--mixed-types", "Q8_0"], "gguf:mixed or onnx:mixed only"),
+        (["--quant", "gguf:Q4_0", "--mixed-types", "Q8_0"], "gguf:mixed or onnx:mixed only"),
+        (["--mixed-types", "Q3_K"], "cannot be searched"),
         (["--qat", "--ptq", "weighted", "--quant", "onnx:int4"], "--ptq rtn"),
         (["--qat", "--quant", "gguf:Q5_K_M"], "gguf:IQ4_NL"),
     ],

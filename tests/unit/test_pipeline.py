@@ -18,6 +18,7 @@ def bundle(tiny_model_dir: Path, tiny_profile: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
     code = main(
         ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
+        + ["--quant", "gguf:Q4_0"]  # the pinned pipeline (test_search covers the search)
     )
     assert code == 0
     return out
@@ -108,6 +109,8 @@ def test_projected_miss_stops_before_quantizing(
             "--max-size-mib",
             "0.001",
             "--quiet",
+            "--quant",
+            "gguf:Q4_0",
         ]
     )
     assert code == ExitCode.BUDGET_MISSED
