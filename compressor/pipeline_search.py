@@ -21,9 +21,9 @@ import torch
 
 from compressor import search as S
 from compressor.artifact import ModelArtifact, weight_inventory
-from compressor.budget import MIB
+from compressor.budget import MIB, Calibration
 from compressor.errors import BudgetExceeded, CompressorError
-from compressor.quant import ExportFormat, QuantScheme
+from compressor.quant import ExportFormat, PtqMethod, QuantScheme
 from compressor.report import SearchReport, StageReport, StageStatus
 from compressor.stage import StageContext
 
@@ -87,10 +87,23 @@ def run_search(
     formats = S.formats_for(profile, pinned_formats(req.formats))
     teacher = artifact
     start = time.perf_counter()
-    with progress("search", "projecting every candidate") as bar:
-        cands, _ = S.enumerate_candidates(artifact, profile, formats, _overhead(artifact), req.mixed_types)
-        bar(1, 1, f"{len(cands)} candidates, {sum(c.fits for c in cands)} projected to fit")
     report = SearchReport(formats=[f.value for f in formats], time_budget_min=req.time_budget)
+    run.search = report  # a stop part-way still reports what was tried
+    cals = {}
+    for fmt in formats:
+        with progress(f"calibrate[{fmt.value}]", "timing the model in its runtime on this host"):
+            cals[fmt], note = host_calibration(run, artifact, fmt, staging)
+        report.calibrations[fmt.value] = note
+
+    def candidates(art: ModelArtifact) -> list[S.Candidate]:
+        out = []
+        for fmt in formats:
+            out += S.enumerate_candidates(art, profile, [fmt], _overhead(art), req.mixed_types, cals[fmt])[0]
+        return out
+
+    with progress("search", "projecting every candidate") as bar:
+        cands = candidates(artifact)
+        bar(1, 1, f"{len(cands)} candidates, {sum(c.fits for c in cands)} projected to fit")
     pre_prune: list[S.Candidate] = []
     if not any(c.fits for c in cands):
         pre_prune = cands
@@ -103,6 +116,7 @@ def run_search(
                 profile,
                 scheme.row_multiple,
                 inventory=weight_inventory(artifact.model),
+                calibration=cals[scheme.format],
             )
         except BudgetExceeded as exc:
             near = S.closest(cands)
@@ -139,7 +153,7 @@ def run_search(
             artifact = _run_distill(run, artifact, teacher.model, target, progress, None)
         else:
             report.distill = "not healed: give --time-budget MIN for distillation after pruning"
-        cands, _ = S.enumerate_candidates(artifact, profile, formats, _overhead(artifact), req.mixed_types)
+        cands = candidates(artifact)
     chosen = []
     for fmt in formats:
         pool = [c for c in cands if c.scheme.format is fmt]
@@ -152,6 +166,43 @@ def run_search(
     run.stages.insert(1, StageReport(stage="search", seconds=report.seconds, summary=summary))
     run.schemes[:] = [c.scheme for c in chosen]
     return artifact
+
+
+def host_calibration(
+    run: Any, artifact: ModelArtifact, fmt: ExportFormat, scratch: Path
+) -> tuple[Calibration | None, str]:
+    """Time the model at the cheapest uniform type (reference rounding: seconds to write) in its
+    runtime on this host; measured / roofline scales every candidate's latency projection, as the
+    final check's will be (None: no latency budget, or a busy host)."""
+    from compressor.verify import measure_artifact
+    from stages.quantize import QuantizeStage
+
+    b = run.profile.budgets
+    if b.max_decode_ms_per_token is None and b.max_ttft_ms is None:
+        return None, "no latency budget: latency projections uncalibrated"
+    scheme = QuantScheme.parse("gguf:Q4_0" if fmt is ExportFormat.GGUF else "onnx:int4")
+    work = artifact.evolve("copy", model=copy.deepcopy(artifact.model))
+    ctx = StageContext(profile=run.profile, scheme=scheme)
+    quantized = QuantizeStage(method=PtqMethod.RTN).run(work, ctx).artifact
+    out = scratch / f".calibrate-{fmt.value}"
+    out.mkdir()
+    try:
+        if fmt is ExportFormat.GGUF:
+            from exporters.gguf import export_gguf
+
+            path = export_gguf(quantized, out)
+        else:
+            from exporters.onnx import export_onnx
+
+            path, _ = export_onnx(quantized, out)
+        measured, _ = measure_artifact(path, run.profile, path.name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    m = measured.summary
+    if not m["host_measurement_reliable"]:
+        return None, "the host was busy: latency projections uncalibrated"
+    cal = Calibration.model_validate(m["calibration"])
+    return cal, f"{scheme.name} (reference rounding) timed on this host: {cal.basis}"
 
 
 def _nothing_fits(near: S.Candidate | None, prune_problems: list[str]) -> str:
@@ -248,6 +299,7 @@ def _rank_and_measure(
         near = min(
             (c for c in ranked if c.measured), key=lambda c: len(c.measured.get("misses", [])), default=None
         )
+        report.candidates = [c.row() for c in cands]
         report.nothing_fits = "no finalist fits when measured" + (
             f"; the closest, {near.label}, misses: {'; '.join(near.measured['misses'])}" if near else ""
         )
@@ -279,7 +331,8 @@ def _measure_finalist(
     from compressor.pipeline import Run, _run_target
     from exporters import llama_runtime, ort_runtime
 
-    req = run.req.model_copy(update={"quant": cand.scheme.name, "plan": {}})
+    # the search projected it (host-calibrated); the measurement decides, not the stage gates
+    req = run.req.model_copy(update={"quant": cand.scheme.name, "plan": {}, "keep_going": True})
     sub = Run(req, run.profile, [cand.scheme])
     sub.start_blocks = start
     work = artifact.evolve("copy", model=copy.deepcopy(artifact.model))

@@ -57,6 +57,7 @@ class SearchReport(BaseModel):
     distill: str | None = None
     nothing_fits: str | None = None
     proxy_seconds: dict[str, float] = Field(default_factory=dict)
+    calibrations: dict[str, str] = Field(default_factory=dict)  # per format: how latency was calibrated
     seconds: float = 0.0
     plot: str | None = None  # PNG beside report.md
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from compressor.artifact import ModelArtifact, WeightInfo, weight_inventory
 from compressor.budget import (
     MIB,
+    Calibration,
     ModelCost,
     check_budgets,
     cost_from_plan,
@@ -120,9 +121,13 @@ class Projector:
     """Projected footprints of candidates of one model on one profile (no quantization done)."""
 
     def __init__(
-        self, artifact: ModelArtifact, profile: DeviceProfile, overhead: Callable[[QuantScheme], float]
+        self,
+        artifact: ModelArtifact,
+        profile: DeviceProfile,
+        overhead: Callable[[QuantScheme], float],
+        calibration: Calibration | None = None,
     ):
-        self.facts, self.profile = artifact.facts, profile
+        self.facts, self.profile, self.calibration = artifact.facts, profile, calibration
         self.inventory = weight_inventory(artifact.model)
         self.overhead = overhead
 
@@ -142,7 +147,7 @@ class Projector:
         )
 
     def project(self, cand: Candidate) -> Candidate:
-        fp = project_footprint(self.cost(cand.scheme, cand.target_bytes), self.profile)
+        fp = project_footprint(self.cost(cand.scheme, cand.target_bytes), self.profile, self.calibration)
         cand.projected = {"size_mib": fp.size.value, "ram_mib": fp.ram.value}
         if fp.decode is not None and fp.ttft is not None:
             cand.projected.update(decode_ms=fp.decode.value, ttft_ms=fp.ttft.value)
@@ -161,7 +166,7 @@ class Projector:
         """The most 2-D weight bytes (in [lo, hi]) a plan of ``scheme`` may hold and still fit."""
 
         def fits(b: float) -> bool:
-            fp = project_footprint(self.cost(scheme, b), self.profile)
+            fp = project_footprint(self.cost(scheme, b), self.profile, self.calibration)
             return not describe_failures(check_budgets(fp, self.profile.budgets))
 
         if not fits(lo):
@@ -180,9 +185,11 @@ def enumerate_candidates(
     formats: list[ExportFormat],
     overhead: Callable[[QuantScheme], float],
     mixed_types: str | None = None,
+    calibration: Calibration | None = None,
 ) -> tuple[list[Candidate], Projector]:
-    """Every candidate with its projection (dropped ones say why); ``mixed_types`` limits the types."""
-    proj = Projector(artifact, profile, overhead)
+    """Every candidate with its projection (dropped ones say why); ``mixed_types`` limits the types;
+    ``calibration``: host measured / roofline of this model in its runtime (latency figures scale by it)."""
+    proj = Projector(artifact, profile, overhead, calibration)
     out: list[Candidate] = []
     for fmt in formats:
         menu = type_menu(fmt, mixed_types)

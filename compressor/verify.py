@@ -140,6 +140,7 @@ def measure_artifact(
         "host_repeats_discarded": m["repeats_discarded"],
         "host_foreign_load_cores": m["foreign_load_cores"],
         "host_measurement_reliable": not busy,
+        "calibration": cal.model_dump(),  # host measured / host roofline: what device estimates scale by
         "prompt_tokens": m["prompt_tokens"],
         "runtime": m["runtime"],
         **summary,

@@ -19,6 +19,7 @@ from compressor.arch import ARCHITECTURES, ArchSpec, Slot, identify
 from compressor.arch.tensors import NORM_SLOTS, ROLES
 from compressor.artifact import ModelFacts, WeightInfo
 from compressor.budget import (
+    Calibration,
     check_budgets,
     cost_from_plan,
     describe_failures,
@@ -105,11 +106,12 @@ def _fits(
     schemes: list[QuantScheme],
     profile: DeviceProfile,
     inventory: list[WeightInfo] | None,
+    calibration: Calibration | None = None,
 ) -> tuple[int, list[str]]:
     inv, facts = shape_inventory(f, *shape, inventory=inventory), shape_facts(f, *shape)
     fails = []
     for s in schemes:
-        fp = project_footprint(cost_from_plan(facts, inv, plan_tensors(inv, s), s.name), profile)
+        fp = project_footprint(cost_from_plan(facts, inv, plan_tensors(inv, s), s.name), profile, calibration)
         fails += describe_failures(check_budgets(fp, profile.budgets))
     return sum(w.numel for w in inv), fails
 
@@ -120,13 +122,14 @@ def choose(
     profile: DeviceProfile,
     row_multiple: int,
     inventory: list[WeightInfo] | None = None,
+    calibration: Calibration | None = None,
 ) -> tuple[PruneConfig, dict[str, Any]]:
     """The PruneConfig to use and why; raises BudgetExceeded when even the smallest candidate misses.
 
     ``inventory``: the model's ``weight_inventory`` (counts biases exactly); else the tensor table's."""
     group = f.n_heads // f.n_kv_heads
     full: Shape = (f.n_heads, f.n_kv_heads, f.intermediate_size, f.n_layers)
-    n_full, fails_full = _fits(f, full, schemes, profile, inventory)
+    n_full, fails_full = _fits(f, full, schemes, profile, inventory, calibration)
     if not fails_full:
         return PruneConfig(), {
             "chosen": "none",
@@ -139,7 +142,7 @@ def choose(
         for mlp in widths:
             for layers in range(f.n_layers, f.n_layers // 2 - 1, -1):
                 shape = (q * f.n_kv_heads, f.n_kv_heads, mlp, layers)
-                n, fails = _fits(f, shape, schemes, profile, inventory)
+                n, fails = _fits(f, shape, schemes, profile, inventory, calibration)
                 if fails:
                     continue
                 rank = (n, -(group - q), layers)  # more params; then fewer head cuts; then more layers

@@ -139,24 +139,24 @@ def test_recipe_is_a_closed_schema_and_pins_the_configuration(
     assert code == ExitCode.BAD_INPUT and "not the one the recipe was written for" in capsys.readouterr().err
 
 
-def test_latency_budget_below_every_unpruned_candidate_makes_the_search_prune(
+def test_a_budget_no_quantization_meets_makes_the_search_prune(
     tiny_model_dir: Path, slow_profile: Path, tmp_path: Path, capsys
 ) -> None:
+    """Size here (latency projections are calibrated by a host measurement, which a tiny model makes
+    noisy); SmolLM2 with --max-decode-ms is in docs/benchmarks.md."""
     cands = _plan(tiny_model_dir, slow_profile, capsys)
-    fastest = min(c["projected"]["decode_ms"] for c in cands)
-    limit = 0.8 * fastest
-    assert (
-        main(["plan", str(tiny_model_dir), "--device", str(slow_profile), "--max-decode-ms", str(limit)]) == 0
-    )
+    limit = 0.9 * min(c["projected"]["size_mib"] for c in cands)
+    plan = ["plan", str(tiny_model_dir), "--device", str(slow_profile), "--max-size-mib", str(limit)]
+    assert main(plan) == 0
     assert "would prune to" in capsys.readouterr().err
     out = tmp_path / "out"
-    code = _compress(tiny_model_dir, slow_profile, out, "--max-decode-ms", str(limit))
+    code = _compress(tiny_model_dir, slow_profile, out, "--max-size-mib", str(limit))
     report = json.loads((out / "report.json").read_text())
     assert code == 0, report["message"]
     assert "no quantization alone fits" in report["search"]["pruned"]
     assert any(s["stage"] == "prune" for s in report["stages"])
-    decode = [c for c in report["checks"] if c["budget"] == "max_decode_ms_per_token"]
-    assert decode and all(c["passed"] and c["value"] <= limit for c in decode)
+    size = [c for c in report["checks"] if c["budget"] == "max_size_mib"]
+    assert size and all(c["passed"] and c["value"] <= limit for c in size)
     recipe = tomllib.loads((out / "recipe.toml").read_text())
     assert recipe["settings"]["prune"].startswith("heads=")
 
