@@ -49,8 +49,14 @@ def _budget_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _extra(field: Any) -> dict[str, Any]:
+    """A setting's flag metadata (config.flag puts it in json_schema_extra)."""
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
 def _flag_name(name: str, field: Any) -> str:
-    extra = field.json_schema_extra or {}
+    extra = _extra(field)
     return str(extra.get("flag", "--" + name.replace("_", "-")))
 
 
@@ -61,7 +67,7 @@ def settings_flags() -> dict[str, str]:
     return {
         n: _flag_name(n, f)
         for n, f in CompressRequest.model_fields.items()
-        if not (f.json_schema_extra or {}).get("recipe_only")
+        if not _extra(f).get("recipe_only")
     }
 
 
@@ -74,7 +80,7 @@ def add_settings(p: argparse.ArgumentParser) -> None:
 
     groups: dict[str, Any] = {}
     for name, field in CompressRequest.model_fields.items():
-        extra = field.json_schema_extra or {}
+        extra = _extra(field)
         if extra.get("recipe_only"):
             continue
         group = str(extra.get("group", ""))

@@ -34,7 +34,7 @@ class DataFile(BaseModel):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    recipe_version: Literal[1] = RECIPE_VERSION
+    recipe_version: Literal[1] = 1
     tool_version: str = __version__
     written: str = ""  # UTC time, informational
     chosen_by: str = ""  # "flags", or what the search chose and why

@@ -13,12 +13,15 @@ from compressor.report import RunReport
 pytest.importorskip("llama_cpp")
 
 
+PIN = ("--quant", "gguf:Q4_0")
+
+
 @pytest.fixture(scope="module")
 def bundle(tiny_model_dir: Path, tiny_profile: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
     code = main(
-        ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet"]
-        + ["--quant", "gguf:Q4_0"]  # the pinned pipeline (test_search covers the search)
+        # the pinned pipeline (test_search covers the search)
+        ["compress", str(tiny_model_dir), "--device", str(tiny_profile), "--out", str(out), "--quiet", *PIN]
     )
     assert code == 0
     return out
