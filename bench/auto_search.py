@@ -64,6 +64,20 @@ def main() -> None:
             build("auto-q4-budget", "raspberry-pi-5", "--max-size-mib", f"{budget:.4f}"),
             "raspberry-pi-5",
         ),
+        (
+            # SmolLM2's teacher is its Q4_1 GGUF dequantized, so Q4_1/Q5_1 rebuild it almost exactly:
+            # the same budget with the types off the teacher's grid is the fair comparison
+            f"auto: --max-size-mib {budget:.2f}, --mixed-types IQ4_NL,Q4_0,Q5_0,Q8_0",
+            build(
+                "auto-q4-budget-offgrid",
+                "raspberry-pi-5",
+                "--max-size-mib",
+                f"{budget:.4f}",
+                "--mixed-types",
+                "IQ4_NL,Q4_0,Q5_0,Q8_0",
+            ),
+            "raspberry-pi-5",
+        ),
         ("auto: raspberry-pi-5 (profile budgets)", build("auto-pi5", "raspberry-pi-5"), "raspberry-pi-5"),
         ("auto: android-2gb (profile budgets)", build("auto-android", "android-2gb"), "android-2gb"),
     ]

@@ -96,6 +96,7 @@ class Run:
         self.trained_tokens: int | None = None  # what distillation trained on (a recipe pins it)
         self.warnings: list[str] = []
         self.start_blocks: dict[str, Any] = {}  # the search's weighted blocks: GPTQ's start (a cache)
+        self.prune: tuple[PruneConfig, dict[str, Any]] | None = None  # resolved once, after load
 
     def settings(self) -> Settings:
         """The request as resolved by this run: what ``recipe.toml`` pins, so a replay redoes it."""
@@ -163,6 +164,7 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     staging = out.prepare()
     run = Run(req, profile, schemes)
     run.warnings += warnings
+    missed: BudgetExceeded | None = None
     try:
         with progress("load", f"loading {req.model}"):
             start = time.perf_counter()
@@ -173,10 +175,11 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         run.stages.append(load)
         if artifact.facts.is_encoder:
             load.summary["skipped"] = _check_encoder_request(req, artifact, profile, schemes)
-        elif req.prune is not None and req.prune.strip() != "auto":  # a bad request fails before any work
-            resolve(
-                PruneConfig.parse(req.prune, req.prune_importance), artifact.facts, _row_multiple(schemes)
-            )
+        elif not req.searches:  # the pruning to do, resolved once: a bad request fails before any work
+            try:
+                run.prune = _plan_pruning(req, artifact, profile, schemes)
+            except BudgetExceeded as exc:  # no shape fits: a budget miss, reported like any other
+                missed = exc
         if not artifact.facts.is_encoder:
             profile.check_context(artifact.facts.max_context, req.model)
             _check_formats(artifact, schemes, req.model)
@@ -195,6 +198,8 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
         out.abandon()  # bad input: nothing written
         raise
     try:
+        if missed is not None:
+            raise missed
         if artifact.facts.is_encoder:
             from compressor.pipeline_encoder import run_encoder
 
@@ -271,8 +276,7 @@ def _run_decoder(
     load: StageReport,
 ) -> ModelArtifact:
     """prune -> distill -> per scheme: quantize, export, measure (decoders)."""
-    req, profile, schemes = run.req, run.profile, run.schemes
-    prune = _plan_pruning(req, artifact, profile, schemes)  # bad configs fail before any work
+    req, profile, schemes, prune = run.req, run.profile, run.schemes, run.prune
     for scheme in schemes:  # fail in seconds if any target cannot fit (pruning may still fix it)
         project_after(artifact, StageContext(profile=profile, scheme=scheme), load)
         if prune is None:

@@ -30,6 +30,7 @@ from compressor.stage import StageContext
 log = logging.getLogger(__name__)
 
 HELDOUT_TOKENS = 512
+PRUNE_ATTEMPTS = 3  # prune, time the pruned model, prune further if it is slower than projected
 
 
 class Clock:
@@ -109,42 +110,61 @@ def run_search(
         pre_prune = cands
         smallest = min(cands, key=lambda c: c.projected["size_mib"])
         scheme = smallest.scheme
-        try:
-            config, why = prune_auto.choose(
-                artifact.facts,
-                [scheme],
-                profile,
-                scheme.row_multiple,
-                inventory=weight_inventory(artifact.model),
-                calibration=cals[scheme.format],
-            )
-        except BudgetExceeded as exc:
-            near = S.closest(cands)
-            report.candidates = [c.row() for c in cands]
-            report.nothing_fits = _nothing_fits(near, exc.problems)
-            run.search = report
-            run.stages.append(
-                StageReport(
-                    stage="search",
-                    status=StageStatus.STOPPED,
-                    seconds=time.perf_counter() - start,
-                    message=report.nothing_fits,
+        run.schemes[:] = [scheme]  # the stage gates project the pruned model at the smallest plan
+        cal, pruned, tries = cals[scheme.format], None, []
+        for attempt in range(1, PRUNE_ATTEMPTS + 1):
+            try:
+                config, why = prune_auto.choose(
+                    artifact.facts,
+                    [scheme],
+                    profile,
+                    scheme.row_multiple,
+                    inventory=weight_inventory(artifact.model),
+                    calibration=cal,
                 )
+            except BudgetExceeded as exc:
+                if pruned is not None:  # a smaller shape would be needed than any uniform one
+                    break
+                near = S.closest(cands)
+                report.candidates = [c.row() for c in cands]
+                report.nothing_fits = _nothing_fits(near, exc.problems)
+                run.stages.append(
+                    StageReport(
+                        stage="search",
+                        status=StageStatus.STOPPED,
+                        seconds=time.perf_counter() - start,
+                        message=report.nothing_fits,
+                    )
+                )
+                raise BudgetExceeded(report.nothing_fits, exc.problems) from None
+            config = config.model_copy(
+                update={"importance": PruneConfig.parse("", req.prune_importance).importance}
             )
-            raise BudgetExceeded(report.nothing_fits, exc.problems) from None
-        config = config.model_copy(
-            update={"importance": PruneConfig.parse("", req.prune_importance).importance}
-        )
-        resolve(config, artifact.facts, scheme.row_multiple)
+            resolve(config, artifact.facts, scheme.row_multiple)
+            if pruned is not None:
+                run.stages[-1].status = StageStatus.SKIPPED
+                run.stages[-1].message = "superseded: the pruned model timed slower than projected"
+            run.resolved_prune = why["chosen"]
+            pruned = _run_prune(run, artifact, (config, why), progress)
+            tries.append(why["chosen"])
+            # the host timing of the pruned model: its fixed costs shrink less than its bytes
+            with progress(f"calibrate[{scheme.format.value}]", "timing the pruned model on this host"):
+                new_cal, note = host_calibration(run, pruned, scheme.format, staging)
+            if new_cal is None or attempt == PRUNE_ATTEMPTS:
+                break
+            cals[scheme.format], cal = new_cal, new_cal
+            report.calibrations[scheme.format.value] = f"pruned {why['chosen']}: {note}"
+            if any(c.fits for c in candidates(pruned)):
+                break
+        assert pruned is not None
+        artifact = pruned
         report.pruned = (
             f"no quantization alone fits ({smallest.label}, the smallest, misses: "
-            f"{'; '.join(smallest.misses)}); pruned to {why['chosen']}, the largest uniform shape "
+            f"{'; '.join(smallest.misses)}); pruned to {run.resolved_prune}, the largest uniform shape "
             f"projected to fit at {scheme.name}"
+            + (f" (shapes tried, each timed on this host: {', '.join(tries)})" if len(tries) > 1 else "")
         )
         log.warning("%s", report.pruned)
-        run.resolved_prune = why["chosen"]
-        run.schemes[:] = [scheme]  # the stage gates project the pruned model at the smallest plan
-        artifact = _run_prune(run, artifact, (config, why), progress)
         left = clock.left_s()
         if left is not None and left > 120:
             minutes = 0.6 * left / 60
@@ -154,6 +174,8 @@ def run_search(
         else:
             report.distill = "not healed: give --time-budget MIN for distillation after pruning"
         cands = candidates(artifact)
+        for c in cands:
+            c.label = f"pruned {c.label}"
     chosen = []
     for fmt in formats:
         pool = [c for c in cands if c.scheme.format is fmt]
@@ -205,6 +227,10 @@ def host_calibration(
     return cal, f"{scheme.name} (reference rounding) timed on this host: {cal.basis}"
 
 
+def _mmss(seconds: float) -> str:
+    return time.strftime("%M:%S", time.gmtime(max(seconds, 0.0)))
+
+
 def _nothing_fits(near: S.Candidate | None, prune_problems: list[str]) -> str:
     if near is None:
         return "no candidate fits"
@@ -247,8 +273,10 @@ def _rank_and_measure(
         data = S.prepare_proxy(artifact.model, batches, [fmt], clock.at(0.5), status, menu)
         report.proxy_seconds.update({k: round(v, 1) for k, v in data.seconds.items()})
         inventory = weight_inventory(artifact.model)
+        t0 = time.monotonic()
         for i, c in enumerate(fitting):
-            bar(i, len(fitting), f"proxy KL of {c.label} ({len(fitting) - i} left)")
+            eta = f", ETA {_mmss((time.monotonic() - t0) / i * (len(fitting) - i))}" if i else ""
+            bar(i, len(fitting), f"proxy KL of {c.label} ({len(fitting) - i} left{eta})")
             if c.scheme.is_mixed and not S.allocate_mixed(c, data):
                 c.status, c.why = "dropped", "no mixed plan of the computed types fits its byte target"
                 continue
@@ -276,6 +304,9 @@ def _rank_and_measure(
             break
         measured += 1
         c.status = "finalist"
+        log.info(
+            "finalist %d of at most %d: %s (proxy KL %.4f)", measured, req.finalists, c.label, c.proxy_kl
+        )
         sub_dir = staging / f".search-{fmt.value}-{measured}"
         sub_dir.mkdir()
         try:
@@ -310,6 +341,9 @@ def _rank_and_measure(
         f"least measured KL to the teacher ({win.measured['kl']:.4f}) of the "
         f"{sum(1 for c in ranked if c.status in ('chosen', 'finalist'))} finalists that fit"
     )
+    for c in ranked:
+        if c.status == "finalist" and c.measured.get("fits"):
+            c.why = f"measured KL {c.measured['kl']:.4f}, not below the chosen one's"
     _adopt(run, sub, win_dir, staging)
     for d in staging.glob(f".search-{fmt.value}-*"):
         shutil.rmtree(d, ignore_errors=True)

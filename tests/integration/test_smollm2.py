@@ -130,10 +130,23 @@ def test_q8_0_greedy_continuation_matches_float_torch(smollm2, tmp_path: Path) -
 def test_projected_miss_stops_in_seconds_before_quantizing(tmp_path: Path) -> None:
     out = tmp_path / "OUT"
     proc = cli(
-        "compress", "smollm2-135m", "--device", "android-2gb", "--max-size-mib", "20", "--out", str(out)
-    )
+        "compress", "smollm2-135m", "--device", "android-2gb", "--max-size-mib", "20", "--out", str(out),
+        "--quant", "gguf:Q4_0",
+    )  # fmt: skip
     assert proc.returncode == ExitCode.BUDGET_MISSED
     report = json.loads((out / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]] == ["load"]
     assert "max_size_mib" in report["message"] and "over by" in report["message"]
     assert not (out / "model.gguf").exists()
+
+
+def test_one_command_says_when_nothing_fits_not_even_pruned(tmp_path: Path) -> None:
+    out = tmp_path / "OUT"
+    proc = cli(
+        "compress", "smollm2-135m", "--device", "android-2gb", "--max-size-mib", "20", "--out", str(out)
+    )
+    assert proc.returncode == ExitCode.BUDGET_MISSED
+    report = json.loads((out / "report.json").read_text())
+    assert [(s["stage"], s["status"]) for s in report["stages"]] == [("load", "ok"), ("search", "stopped")]
+    assert "closest candidate" in report["message"] and "max_size_mib" in report["message"]
+    assert "over by" in report["message"] and not (out / "model.gguf").exists()
