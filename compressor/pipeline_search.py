@@ -270,7 +270,7 @@ def _rank_and_measure(
             bar(0, 1, text)
 
         work = copy.deepcopy(artifact.model)
-        data = S.prepare_proxy(artifact.model, batches, [fmt], clock.at(0.5), status, menu)
+        data = S.prepare_proxy(artifact.model, batches, [fmt], clock.at(0.5), status, menu, teacher.model)
         report.proxy_seconds.update({k: round(v, 1) for k, v in data.seconds.items()})
         inventory = weight_inventory(artifact.model)
         t0 = time.monotonic()
@@ -284,7 +284,7 @@ def _rank_and_measure(
             if types is None:
                 c.status, c.why = "dropped", "its type was not computed within the time budget"
                 continue
-            c.proxy_kl = S.proxy_kl(work, teacher.model, c, data, types)
+            c.proxy_kl = S.proxy_kl(work, artifact.model, c, data, types)
             c.status, c.why = "ranked", "ranked by the proxy"
         del work
     # ties (a type on the teacher's own grid is exact) go to the smaller file

@@ -244,6 +244,7 @@ def prepare_proxy(
     deadline: float | None,
     status: Callable[[str], None],
     menu: tuple[str, ...] | None = None,
+    teacher: Any = None,
 ) -> ProxyData:
     """Statistics and the options of every tensor in every type (types in OPTION_ORDER; past the
     ``deadline`` (time.monotonic) only the first two of each format are computed)."""
@@ -278,7 +279,8 @@ def prepare_proxy(
         options[fmt] = {n: sorted(o, key=lambda o: o.size_bytes) for n, o in merged.items()}
     status("teacher logits on the proxy sample")
     with torch.no_grad():
-        logp = [F.log_softmax(model(b).logits[0].float(), -1) for b in batches[:EVAL_SEQUENCES]]
+        ref = teacher if teacher is not None else model  # a pruned student is ranked against its teacher
+        logp = [F.log_softmax(ref(b).logits[0].float(), -1) for b in batches[:EVAL_SEQUENCES]]
     return ProxyData(batches, importance, fisher, tokens, options, logp, secs, done)
 
 
@@ -330,11 +332,12 @@ def allocate_mixed(cand: Candidate, data: ProxyData) -> bool:
 
 
 @torch.no_grad()
-def proxy_kl(model: Any, teacher: Any, cand: Candidate, data: ProxyData, types: dict[str, str]) -> float:
+def proxy_kl(model: Any, source: Any, cand: Candidate, data: ProxyData, types: dict[str, str]) -> float:
     """Mean KL(teacher || candidate) per token on the proxy sample; ``model`` is a scratch copy of the
-    teacher whose 2-D weights are overwritten with the candidate's dequantized ones."""
+    float model being quantized (``source``) whose 2-D weights are overwritten with the candidate's
+    dequantized ones (float types: ``source``'s own, cast)."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    ref = dict(teacher.named_parameters(remove_duplicate=False))
+    ref = dict(source.named_parameters(remove_duplicate=False))
     opts = data.options[cand.scheme.format]
     for name, kind in types.items():
         if kind in FLOAT_TYPES:
