@@ -59,7 +59,10 @@ def test_pruned_to_6_heads_and_mlp_1024_exports_and_runs(smollm2, tmp_path: Path
     assert len(llama_runtime.greedy(out / "model.gguf", prompt, 8)) == 8
     assert len(ort_runtime.greedy(out / "onnx" / "model.onnx", prompt, 8)) == 8
     generated = load_ort_causal_lm(out / "onnx").generate(
-        torch.tensor([prompt]), max_new_tokens=4, do_sample=False
+        torch.tensor([prompt]),
+        max_new_tokens=4,
+        min_new_tokens=4,
+        do_sample=False,  # not stopped by EOS
     )
     assert generated.shape[1] == len(prompt) + 4
 
@@ -77,7 +80,7 @@ def test_pruned_to_24_layers_reloads_and_generates(smollm2, tmp_path: Path) -> N
     prompt = torch.tensor([chat_prompt(smollm2.tokenizer)])
     assert again.generate(prompt, max_new_tokens=6, do_sample=False).shape[1] == prompt.shape[1] + 6
     out = tmp_path / "OUT"
-    proc = cli("compress", str(tmp_path / "m"), "--device", "host", "--out", str(out))
+    proc = cli("compress", str(tmp_path / "m"), "--device", "host", "--quant", "gguf:Q4_0", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["measured"]["model.gguf"]["layers"] == 24
