@@ -21,7 +21,7 @@ import torch
 
 from compressor import search as S
 from compressor.artifact import ModelArtifact, weight_inventory
-from compressor.budget import MIB, Calibration
+from compressor.budget import MIB, Calibration, describe_failures
 from compressor.errors import BudgetExceeded, CompressorError
 from compressor.quant import ExportFormat, PtqMethod, QuantScheme
 from compressor.report import SearchReport, StageReport, StageStatus
@@ -183,7 +183,6 @@ def run_search(
     report.candidates = [c.row() for c in pre_prune + cands]
     report.chosen = [c.label for c in chosen]
     report.seconds = round(time.perf_counter() - start, 1)
-    run.search = report
     summary = {"chosen": report.chosen, "candidates": len(report.candidates), "pruned": bool(report.pruned)}
     run.stages.insert(1, StageReport(stage="search", seconds=report.seconds, summary=summary))
     run.schemes[:] = [c.scheme for c in chosen]
@@ -386,16 +385,10 @@ def _measure_finalist(
         "heldout_tokens": len(ids),
         # a latency read while other processes used the CPU decides nothing: the run's verdict says so
         "fits": all(c.passed or not c.reliable for c in checks),
-        "misses": _misses([c for c in checks if c.reliable]),
-        "unreliable": _misses([c for c in checks if not c.reliable]),
+        "misses": describe_failures([c for c in checks if c.reliable]),
+        "unreliable": describe_failures([c for c in checks if not c.reliable]),
     }
     return sub
-
-
-def _misses(checks: list[Any]) -> list[str]:
-    from compressor.budget import describe_failures
-
-    return describe_failures(checks)
 
 
 def _adopt(run: Any, sub: Any, src: Path, staging: Path) -> None:
@@ -408,10 +401,6 @@ def _adopt(run: Any, sub: Any, src: Path, staging: Path) -> None:
     run.measured.update(sub.measured)
     run.final_checks += sub.final_checks
     run.resolved_schemes.update(sub.resolved_schemes)
-
-
-def describe_plan(cands: list[S.Candidate]) -> list[dict[str, Any]]:
-    return [c.row() for c in cands]
 
 
 def plan_rows(cands: list[S.Candidate]) -> list[list[str]]:

@@ -6,36 +6,8 @@ import json
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from compressor.cli import main
 from compressor.errors import ExitCode
-
-SLOW_PROFILE = """
-name = "slow-test"
-description = "memory-bound test device: a tiny model's bytes dominate decode"
-
-[hardware]
-cpu = "test"  # test fixture
-cores = 2  # test fixture
-ram_mib = 1024  # test fixture
-memory_bandwidth_gbps = 0.001  # test fixture: 1 MB/s, so 0.1 MiB of weights cost ~100 ms a token
-bandwidth_efficiency_ratio = 1.0  # test fixture
-
-[hardware.peak]
-fp32_gflops = 50.0  # test fixture
-int8_gops = 100.0  # test fixture
-
-[runtime]
-threads = 2
-context_length = 256
-per_token_overhead_ms = 0.0
-
-[budgets]
-max_size_mib = 50
-max_ram_mib = 1024
-ttft_prompt_tokens = 32
-"""
 
 
 def _compress(model: Path, profile: Path, out: Path, *extra: str) -> int:
@@ -45,13 +17,6 @@ def _compress(model: Path, profile: Path, out: Path, *extra: str) -> int:
 def _plan(model: Path, profile: Path, capsys, *extra: str) -> list[dict]:
     assert main(["plan", str(model), "--device", str(profile), "--json", *extra]) in (0, 1)
     return json.loads(capsys.readouterr().out)["candidates"]
-
-
-@pytest.fixture(scope="module")
-def slow_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("profiles") / "slow-test.toml"
-    path.write_text(SLOW_PROFILE, encoding="utf-8")
-    return path
 
 
 def test_plan_lists_candidates_with_projections(tiny_model_dir: Path, tiny_profile: Path, capsys) -> None:
@@ -140,17 +105,17 @@ def test_recipe_is_a_closed_schema_and_pins_the_configuration(
 
 
 def test_a_budget_no_quantization_meets_makes_the_search_prune(
-    tiny_model_dir: Path, slow_profile: Path, tmp_path: Path, capsys
+    tiny_model_dir: Path, tiny_profile: Path, tmp_path: Path, capsys
 ) -> None:
     """Size here (latency projections are calibrated by a host measurement, which a tiny model makes
     noisy); SmolLM2 with --max-decode-ms is in docs/benchmarks.md."""
-    cands = _plan(tiny_model_dir, slow_profile, capsys)
+    cands = _plan(tiny_model_dir, tiny_profile, capsys)
     limit = 0.9 * min(c["projected"]["size_mib"] for c in cands)
-    plan = ["plan", str(tiny_model_dir), "--device", str(slow_profile), "--max-size-mib", str(limit)]
+    plan = ["plan", str(tiny_model_dir), "--device", str(tiny_profile), "--max-size-mib", str(limit)]
     assert main(plan) == 0
     assert "would prune to" in capsys.readouterr().err
     out = tmp_path / "out"
-    code = _compress(tiny_model_dir, slow_profile, out, "--max-size-mib", str(limit))
+    code = _compress(tiny_model_dir, tiny_profile, out, "--max-size-mib", str(limit))
     report = json.loads((out / "report.json").read_text())
     assert code == 0, report["message"]
     assert "no quantization alone fits" in report["search"]["pruned"]
