@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from compressor.arch import ArchSpec, identify, spec_for
 from compressor.arch.config_keys import get, head_dim, layer_windows
 from compressor.errors import ModelLoadError
+from compressor.generation import Sampling
 from compressor.quant import QuantScheme, TensorRole
 from compressor.vocab import GGUFVocab
 
@@ -130,6 +131,8 @@ class ModelArtifact:
     vocab: GGUFVocab | None = None
     lineage: tuple[str, ...] = ()
     learned: LearnedQuant | None = None  # blocks QAT trained; the quantize stage writes them as they are
+    sampling: Sampling | None = None  # the source's sampling defaults (compressor.generation)
+    stop_ids: tuple[int, ...] = ()  # every token generation stops at (the vocab's eos first)
 
     def evolve(self, step: str, **changes: Any) -> ModelArtifact:
         return dataclasses.replace(self, lineage=(*self.lineage, step), **changes)

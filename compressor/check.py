@@ -137,6 +137,8 @@ def _unlisted(root: Path, listed: set[str]) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):  # does not follow symlinked directories
         for name in sorted(filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]):
             rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if rel.split("/")[0].endswith((".bundle", ".bundle.zip")):
+                continue  # the app bundle built from this output: 'compressor verify' checks it
             if rel not in listed and rel not in (MANIFEST, *REPORTS):
                 out.append(rel)
     return sorted(out)

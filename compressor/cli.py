@@ -1,4 +1,6 @@
-"""Command line: ``compressor compress | check | profiles | schema``. Exit codes: see errors.py."""
+"""Command line: ``compressor compress | plan | check | bundle | verify | profiles | schema``.
+
+Exit codes: see errors.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from compressor import __version__
+from compressor import __version__, cli_bundle
 from compressor.errors import CompressorError, ExitCode
 
 EXIT_CODES_HELP = """exit codes:
@@ -177,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = psub.add_parser("show", help="show one profile")
     show.add_argument("name", help="profile name or .toml path")
 
-    sub.add_parser("schema", help="print the JSON Schema of report.json")
+    cli_bundle.add_parsers(sub, fmt, EXIT_CODES_HELP)
     return parser
 
 
@@ -246,7 +248,7 @@ def _print_checks(report: Any) -> None:
         console.print(table)
 
 
-RUN_FLAGS = ("out", "force", "keep_going", "resume", "trust_remote_code", "recipe")
+RUN_FLAGS = ("out", "force", "keep_going", "resume", "trust_remote_code", "recipe", "bundle")
 
 
 def _request(args: argparse.Namespace) -> Any:
@@ -265,7 +267,7 @@ def _request(args: argparse.Namespace) -> Any:
         if extra:
             raise ConfigError(
                 f"--recipe pins the configuration; drop {', '.join(extra)} (only --out, --force, "
-                "--keep-going, --quiet may be added)"
+                "--keep-going, --bundle, --quiet may be added)"
             )
         rec = recipe.load(args.recipe)
         if args.out is None:
@@ -451,19 +453,14 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_schema(args: argparse.Namespace) -> int:
-    from compressor.report import RunReport
-
-    print(json.dumps(RunReport.model_json_schema(), indent=2))
-    return 0
-
-
 COMMANDS = {
     "compress": _cmd_compress,
     "plan": _cmd_plan,
     "check": _cmd_check,
     "profiles": _cmd_profiles,
-    "schema": _cmd_schema,
+    "bundle": cli_bundle.cmd_bundle,
+    "verify": cli_bundle.cmd_verify,
+    "schema": cli_bundle.cmd_schema,
 }
 
 

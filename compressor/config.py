@@ -227,6 +227,9 @@ class CompressRequest(Settings):
     resume: bool = flag(False, "continue a killed distillation from its checkpoint", group=DISTILL)
     keep_going: bool = flag(False, "run every stage even if a projection fails")
     force: bool = flag(False, "replace a non-empty output directory")
+    bundle: bool = flag(
+        False, "also write NAME-DEVICE.bundle/ and its deterministic .zip for apps (see 'compressor bundle')"
+    )
     trust_remote_code: bool = flag(False, "allow a model's own Python code (unsafe)")
 
     def settings(self) -> Settings:

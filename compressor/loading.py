@@ -6,6 +6,7 @@ run arbitrary code; ``trust_remote_code`` stays off unless the user asks for it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from compressor.arch import spec_for_gguf_arch, spec_for_model_type
 from compressor.artifact import ModelArtifact, ModelSource, SourceKind, facts_from_config
 from compressor.builtin_models import BUILTIN_MODELS, builtin_path
 from compressor.errors import InputError, ModelLoadError
+from compressor.generation import sampling_from_generation_config, sampling_from_gguf
 from compressor.paths import unreachable
 from compressor.vocab import (
     GGUFVocab,
@@ -125,7 +127,8 @@ def _load_gguf(source: ModelSource) -> ModelArtifact:
         )
     except Exception as exc:
         raise ModelLoadError(f"transformers could not load {path}: {type(exc).__name__}: {exc}") from None
-    return _artifact(model, hf_tokenizer_from_vocab(vocab), source, vocab)
+    art = _artifact(model, hf_tokenizer_from_vocab(vocab), source, vocab)
+    return dataclasses.replace(art, sampling=sampling_from_gguf(fields))
 
 
 def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
@@ -153,7 +156,8 @@ def _load_hf_dir(source: ModelSource, trust_remote_code: bool) -> ModelArtifact:
         raise ModelLoadError(f"could not load the model in {path}: {type(exc).__name__}: {exc}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{path}: a fast tokenizer (tokenizer.json) is required")
-    return _artifact(model, tokenizer, source, vocab_from_hf_tokenizer(tokenizer))
+    art = _artifact(model, tokenizer, source, vocab_from_hf_tokenizer(tokenizer))
+    return dataclasses.replace(art, sampling=sampling_from_generation_config(model.generation_config))
 
 
 def _load_encoder(source: ModelSource, spec: Any, config: Any, trust_remote_code: bool) -> ModelArtifact:
@@ -183,15 +187,26 @@ def _load_encoder(source: ModelSource, spec: Any, config: Any, trust_remote_code
 
 def _artifact(model: Any, tokenizer: Any, source: ModelSource, vocab: GGUFVocab) -> ModelArtifact:
     model.eval()
+    listed = getattr(model.generation_config, "eos_token_id", None)  # Llama 3, Gemma 3: several
     # Generation must stop where the chat turns end (eos from the vocab, e.g. <|im_end|>).
     if vocab.eos_id is not None:
         model.generation_config.eos_token_id = vocab.eos_id
         model.config.eos_token_id = vocab.eos_id
     if vocab.bos_id is not None:
         model.config.bos_token_id = vocab.bos_id
+    stop = [vocab.eos_id] if vocab.eos_id is not None else []
+    for i in listed if isinstance(listed, list) else [listed]:
+        if isinstance(i, int) and i not in stop:
+            stop.append(i)
     n_params = sum(p.numel() for p in model.parameters())
     facts = facts_from_config(model.config, n_params, type(model).__name__)
     log.info("loaded %s: %s, %.1f M parameters", source.name, facts.architecture, n_params / 1e6)
     return ModelArtifact(
-        model=model, tokenizer=tokenizer, facts=facts, source=source, vocab=vocab, lineage=("load",)
+        model=model,
+        tokenizer=tokenizer,
+        facts=facts,
+        source=source,
+        vocab=vocab,
+        lineage=("load",),
+        stop_ids=tuple(stop),
     )

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compressor.artifact import ModelArtifact
 from compressor.builtin_models import sha256_file
 from compressor.device_profile import DeviceProfile
+from compressor.generation import Generation, sampling_from_gguf
 from compressor.outdir import OWNER_FILE
 from compressor.report import RunReport
 
@@ -25,7 +26,7 @@ class ManifestFile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     path: Annotated[str, Field(min_length=1, max_length=4096)]
-    role: Literal["model", "tokenizer", "config"]
+    role: Literal["model", "tokenizer", "config", "card"]
     bytes: Annotated[int, Field(ge=0)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -45,6 +46,24 @@ def _role(rel: Path) -> Literal["model", "tokenizer", "config"]:
     if rel.suffix in (".gguf", ".onnx", ".ort", ".data"):  # .onnx.data: external weights
         return "model"
     return "config"
+
+
+def generation_of(artifact: ModelArtifact, context_length: int) -> Generation | None:
+    """The generation defaults of a decoder (None for an encoder)."""
+    if artifact.facts.is_encoder:
+        return None
+    v = artifact.vocab
+    stop = list(artifact.stop_ids) or ([v.eos_id] if v and v.eos_id is not None else [])
+    return Generation(
+        bos_token_id=v.bos_id if v else None,
+        eos_token_ids=stop,
+        pad_token_id=v.pad_id if v else None,
+        add_bos_token=bool(v and v.add_bos),
+        context_length=min(context_length, artifact.facts.max_context),
+        max_context=artifact.facts.max_context,
+        chat_template=v.chat_template if v else None,
+        sampling=artifact.sampling or sampling_from_gguf({}),
+    )
 
 
 def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile: DeviceProfile) -> Path:
@@ -71,6 +90,9 @@ def write_bundle(root: Path, artifact: ModelArtifact, report: RunReport, profile
         "context_length": profile.runtime.context_length,
         "chat_template": artifact.vocab.chat_template if artifact.vocab else None,
         "eos_token_id": artifact.vocab.eos_id if artifact.vocab else None,
+        "generation": gen.model_dump()
+        if (gen := generation_of(artifact, profile.runtime.context_length))
+        else None,
         "files": files,
         "budgets": profile.budgets.model_dump(),
         "measured": report.measured,

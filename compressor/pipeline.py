@@ -227,6 +227,19 @@ def compress(req: CompressRequest, progress: Progress = _quiet) -> RunReport:
     write_bundle(staging, artifact, report, profile)
     for name, text in _report_files(report).items():
         (staging / name).write_text(text, encoding="utf-8")
+    if req.bundle:
+        from compressor.bundle import build_bundle
+
+        try:
+            with progress("bundle", "packaging the bundle: reference logits, quality, zip"):
+                build_bundle(out.target, work=staging)
+        except CompressorError as exc:
+            report = run.report(Outcome.ERROR, exc.exit_code, f"the bundle could not be made: {exc.render()}")
+            out.fail(_report_files(report))
+            return report
+        except BaseException:
+            out.abandon()
+            raise
     out.commit()
     return report
 

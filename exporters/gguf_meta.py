@@ -136,5 +136,8 @@ def add_metadata(writer: Any, artifact: ModelArtifact, file_type: int) -> None:
         writer.add_rope_freq_base_swa(float(get(cfg, k.rope_theta_local)))
     if get(cfg, k.final_softcap):
         writer.add_final_logit_softcapping(float(get(cfg, k.final_softcap)))
+    if artifact.sampling is not None:  # llama.cpp's common sampler reads these as its defaults
+        for key, value in artifact.sampling.gguf_fields().items():
+            getattr(writer, f"add_sampling_{key}")(value)
     writer.add_file_type(file_type)
     writer.add_quantization_version(2)

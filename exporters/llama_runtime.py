@@ -62,3 +62,16 @@ def tokenize(model: Path, text: str) -> list[int]:
 def validate(model: Path, torch_logits: np.ndarray, ids: list[int], max_kl: float, min_top1: float) -> dict:
     """Run ``model`` on ``ids`` and compare with the torch model's logits; raise once on mismatch."""
     return check_logits(model.name, "llama.cpp", torch_logits, logits(model, ids), max_kl, min_top1)
+
+
+def chat(model: Path, messages: list[dict[str, str]], max_tokens: int = 16, greedy: bool = True) -> dict:
+    """One reply through llama-cpp-python's chat API, with the chat template and sampling defaults read
+    from the GGUF itself (see ``llama_worker._chat``)."""
+    req = {
+        "op": "chat",
+        "model": str(model),
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "greedy": greedy,
+    }
+    return _run({**req, "threads": 1})

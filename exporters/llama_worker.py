@@ -142,6 +142,33 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
     return timing_summary(req, load_ms, timed, rss_before, default_ctx=512)
 
 
+def _chat(req: dict[str, Any]) -> dict[str, Any]:
+    """One reply through llama-cpp-python's chat API with the template and sampling defaults the GGUF
+    itself carries (``tokenizer.chat_template``, ``general.sampling.*``); greedy when asked."""
+    llm = _open({**req, "n_ctx": req.get("n_ctx", 512)}, logits_all=False)
+    meta = llm.metadata
+    sampling = {
+        "temperature": float(meta.get("general.sampling.temp", 0.8)),
+        "top_k": int(meta.get("general.sampling.top_k", 40)),
+        "top_p": float(meta.get("general.sampling.top_p", 0.95)),
+        "min_p": float(meta.get("general.sampling.min_p", 0.05)),
+        "repeat_penalty": float(meta.get("general.sampling.penalty_repeat", 1.0)),
+    }
+    if req.get("greedy"):
+        sampling["temperature"] = 0.0
+    answer = llm.create_chat_completion(req["messages"], max_tokens=req["max_tokens"], seed=0, **sampling)
+    return {
+        "chat_format": llm.chat_format,
+        "template_in_gguf": "tokenizer.chat_template" in meta,
+        "sampling_in_gguf": sorted(k for k in meta if k.startswith("general.sampling.")),
+        "sampling": sampling,
+        "reply": answer["choices"][0]["message"]["content"],
+        "role": answer["choices"][0]["message"]["role"],
+        "completion_tokens": answer["usage"]["completion_tokens"],
+        "prompt_tokens": answer["usage"]["prompt_tokens"],
+    }
+
+
 def _quantize(req: dict[str, Any]) -> dict[str, Any]:
     """llama.cpp's own quantizer (llama_model_quantize); it logs to stderr, which the parent drops."""
     import llama_cpp
@@ -162,6 +189,7 @@ OPS = {
     "greedy": _greedy,
     "tokenize": _tokenize,
     "quantize": _quantize,
+    "chat": _chat,
 }
 
 
