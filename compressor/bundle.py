@@ -32,6 +32,7 @@ from compressor.errors import InputError, OutputError, ValidationError
 from compressor.generation import Generation, sampling_from_gguf
 from compressor.package import MANIFEST, ManifestFile
 from compressor.report import RunReport
+from exporters.genai_config import with_context
 
 log = logging.getLogger(__name__)
 SUFFIX = ".bundle"
@@ -187,7 +188,9 @@ def _chat_check(bundle: Path, runtime: str, model_file: str, gen: Generation) ->
         raise ValidationError(f"{model_file}: the chat API produced no reply in {runtime}")
 
 
-def _quality(bundle: Path, runtime: str, model_file: str, recipe: dict[str, Any] | None) -> Quality:
+def _quality(
+    bundle: Path, runtime: str, model_file: str, recipe: dict[str, Any] | None, context: int
+) -> Quality:
     """KL(teacher || bundled model) on held-out text, when the source model is here and unchanged."""
     if recipe is None:
         return Quality(measured=False, why_not="the output has no recipe.toml naming the source model")
@@ -211,7 +214,7 @@ def _quality(bundle: Path, runtime: str, model_file: str, recipe: dict[str, Any]
         return Quality(measured=False, why_not="encoder bundles are judged by their stage reports")
     import torch
 
-    ids = tokenize_docs(builtin_split()[1], teacher.tokenizer)[:QUALITY_TOKENS]
+    ids = tokenize_docs(builtin_split()[1], teacher.tokenizer)[: min(QUALITY_TOKENS, context - 1)]
     with torch.no_grad():
         ref = teacher.model(torch.tensor([ids])).logits[0].float().numpy()
     q = heldout_kl(ref, runtime_logits(bundle, runtime, model_file, ids, threads=2))
@@ -292,7 +295,7 @@ def build_bundle(out: Path, work: Path | None = None, quality: bool = True) -> t
                 raise InputError(
                     f"{src / base} has no genai_config.json; re-run compress (this output predates it)"
                 )
-            _copy(genai, tmp / "genai_config.json")
+            with_context(genai, tmp / "genai_config.json", gen.context_length)
         for t in TOKENIZER_FILES:
             if (src / "tokenizer" / t).is_file():
                 _copy(src / "tokenizer" / t, tmp / t)
@@ -303,7 +306,7 @@ def build_bundle(out: Path, work: Path | None = None, quality: bool = True) -> t
         ref = _reference(tmp, runtime, model_file, gen)
         _chat_check(tmp, runtime, model_file, gen)
         qual = (
-            _quality(tmp, runtime, model_file, recipe)
+            _quality(tmp, runtime, model_file, recipe, gen.context_length)
             if quality
             else Quality(measured=False, why_not="skipped (--no-quality)")
         )

@@ -37,6 +37,7 @@ BillionParams = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False)]  
 class Engine(StrEnum):
     LLAMA_CPP = "llama.cpp"
     ONNXRUNTIME = "onnxruntime"
+    ONNXRUNTIME_GENAI = "onnxruntime-genai"  # the ONNX model driven by onnxruntime-genai's generator (apps)
 
 
 class MeasuredBackend(StrEnum):

@@ -102,7 +102,8 @@ def formats_for(profile: DeviceProfile, pinned: list[ExportFormat] | None) -> li
     """The formats to search: ``--formats`` when given, else the profile runtime's own."""
     if pinned:
         return pinned
-    return [ExportFormat.ONNX if profile.runtime.engine is Engine.ONNXRUNTIME else ExportFormat.GGUF]
+    onnx = profile.runtime.engine in (Engine.ONNXRUNTIME, Engine.ONNXRUNTIME_GENAI)
+    return [ExportFormat.ONNX if onnx else ExportFormat.GGUF]
 
 
 def _mixed_scheme(fmt: ExportFormat, menu: tuple[str, ...] | None = None) -> QuantScheme:

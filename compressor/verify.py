@@ -26,7 +26,7 @@ from compressor.budget import (
     mark_unreliable,
     project_footprint,
 )
-from compressor.device_profile import DeviceProfile, load_profile
+from compressor.device_profile import DeviceProfile, Engine, load_profile
 from compressor.errors import ModelLoadError
 from compressor.report import StageReport
 
@@ -87,16 +87,57 @@ def _measure_onnx(
         gen_tokens=GEN_TOKENS,
         repeats=repeats,
     )
+    runtime = "onnxruntime (Python decode loop)"
+    genai = _measure_genai(path, profile, threads, cost.vocab_size, repeats)
+    if genai is not None:
+        summary = {
+            **summary,
+            "genai_decode_ms_per_token": round(genai["decode_ms_per_token"], 3),
+            "genai_ttft_ms": round(genai["ttft_ms"], 2),
+            "genai_runtime_rss_mib": round(genai["runtime_rss_mib"], 1),
+            "ort_loop_decode_ms_per_token": round(m["decode_ms_per_token"], 3),
+            "ort_loop_ttft_ms": round(m["ttft_ms"], 2),
+        }
+        if profile.runtime.engine is Engine.ONNXRUNTIME_GENAI:  # the verdict uses the profile's runtime
+            m, runtime = genai, "onnxruntime-genai (its generator)"
     rest = max(cost.kv_bytes(ctx) - cost.kv_bytes(prompt + GEN_TOKENS), 0.0) / MIB
     ram = Figure(
         value=m["runtime_rss_mib"] + rest,
         unit="MiB",
         provenance=Provenance.ESTIMATED,
         where="host",
-        basis=f"onnxruntime peak RSS {m['runtime_rss_mib']:.0f} MiB at {prompt + GEN_TOKENS} tokens "
+        basis=f"{runtime} peak RSS {m['runtime_rss_mib']:.0f} MiB at {prompt + GEN_TOKENS} tokens "
         f"(measured) + fp32 KV cache up to {ctx} tokens",
     )
-    return cost, summary, {**m, "runtime": "onnxruntime"}, ram
+    return cost, summary, {**m, "runtime": runtime}, ram
+
+
+def _measure_genai(
+    path: Path, profile: DeviceProfile, threads: int, vocab_size: int, repeats: int
+) -> dict[str, Any] | None:
+    """The same figures through onnxruntime-genai's generator (the app runtime), when the folder has a
+    genai_config.json; required when the profile names onnxruntime-genai, else measured if installed."""
+    import importlib.util
+
+    from exporters import genai_runtime
+
+    needed = profile.runtime.engine is Engine.ONNXRUNTIME_GENAI
+    if not (path.parent / "genai_config.json").is_file():
+        if needed:
+            raise ModelLoadError(
+                f"{path.parent} has no genai_config.json, so onnxruntime-genai cannot open it"
+            )
+        return None
+    if not needed and importlib.util.find_spec("onnxruntime_genai") is None:
+        return None
+    return genai_runtime.measure(
+        path.parent.resolve(),
+        threads=threads,
+        prompt_tokens=profile.budgets.ttft_prompt_tokens,
+        vocab_size=vocab_size,
+        gen_tokens=GEN_TOKENS,
+        repeats=repeats,
+    )
 
 
 def measure_artifact(

@@ -27,6 +27,7 @@ import numpy as np
 from compressor.artifact import ModelArtifact, QuantizedTensor
 from compressor.errors import ConfigError, OutputError, require
 from compressor.onnx_blocks import BlockQuant, matmul_nbits_tensors
+from exporters.genai_config import write_genai_config
 
 log = logging.getLogger(__name__)
 MS_DOMAIN = "com.microsoft"
@@ -222,6 +223,7 @@ def export_onnx(artifact: ModelArtifact, out_dir: Path) -> tuple[Path, dict[str,
             if (fp32.parent / name).is_file():
                 shutil.copy(fp32.parent / name, target / name)
     artifact.tokenizer.save_pretrained(target)
+    write_genai_config(artifact, target)  # onnxruntime-genai opens this folder as it is
     log.info("wrote %s (%s)", target / "model.onnx", counts)
     return target / "model.onnx", counts
 

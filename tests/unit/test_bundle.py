@@ -186,3 +186,12 @@ def test_gguf_bundle_chats_through_llama_cpp_python_with_its_own_template(out: P
         assert answer["role"] == "assistant" and answer["completion_tokens"] >= 1
     assert answer["sampling"]["top_k"] == gen["sampling"]["top_k"]
     assert abs(answer["sampling"]["temperature"] - gen["sampling"]["temperature"]) < 1e-6
+
+
+def test_manifest_schema_doc_is_in_sync(capsys) -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "manifest.schema.json"
+    assert main(["schema", "manifest"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == BundleManifest.model_json_schema() == json.loads(doc.read_text()), (
+        "run: compressor schema manifest > docs/manifest.schema.json"
+    )
