@@ -4,8 +4,9 @@ Our graph is optimum-onnx's ``text-generation-with-past`` layout (inputs ``input
 ``attention_mask``, ``position_ids``, ``past_key_values.N.key/value``; outputs ``logits``,
 ``present.N.key/value``, KV as [batch, kv_heads, seq, head_dim]). Those are onnxruntime-genai's default
 names; we write them anyway so the file documents the layout. The KV cache grows by concatenation in
-this graph, so ``past_present_share_buffer`` must be false (onnxruntime-genai's shared buffer is for
-its GroupQueryAttention graphs). ``model.type`` names the family where onnxruntime-genai has one and
+optimum's graph, so there ``past_present_share_buffer`` must be false; the GroupQueryAttention graph
+``onnx_graph`` writes shares the buffer (no copy per token) and takes no ``position_ids``.
+``model.type`` names the family where onnxruntime-genai has one and
 is the generic ``decoder`` otherwise. Written by the ONNX exporter beside model.onnx; the bundle sets
 the context to the budgeted one.
 """
@@ -16,18 +17,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-from compressor.artifact import ModelArtifact
+from compressor.artifact import ModelArtifact, facts_from_config
 from compressor.generation import sampling_from_gguf
 
 FILE = "genai_config.json"
 GENAI_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "phi3": "phi3"}
 
 
-def genai_config(artifact: ModelArtifact, filename: str = "model.onnx") -> dict[str, Any]:
-    f, v = artifact.facts, artifact.vocab
+def genai_config(artifact: ModelArtifact, filename: str = "model.onnx", fast: bool = True) -> dict[str, Any]:
+    """``fast``: the GroupQueryAttention graph of ``onnx_graph`` (shared KV buffer, no position_ids,
+    context up to its rotary cache); else optimum's graph."""
+    from exporters.onnx_graph import cache_length
+
+    f, v = facts_from_config(artifact.model.config, 0), artifact.vocab  # pruned: the model's own shape
     stop = list(artifact.stop_ids) or ([v.eos_id] if v and v.eos_id is not None else [])
     s = artifact.sampling or sampling_from_gguf({})
     n_layers = f.n_layers
+    context = cache_length(artifact) if fast else f.max_context
+    inputs = {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+    }
+    if not fast:
+        inputs["position_ids"] = "position_ids"
     return {
         "model": {
             "type": GENAI_TYPES.get(f.family, "decoder"),
@@ -35,7 +49,7 @@ def genai_config(artifact: ModelArtifact, filename: str = "model.onnx") -> dict[
             "eos_token_id": stop if len(stop) > 1 else (stop[0] if stop else 0),
             "pad_token_id": v.pad_id if v and v.pad_id is not None else (stop[0] if stop else 0),
             "vocab_size": f.vocab_size,
-            "context_length": f.max_context,
+            "context_length": context,
             "decoder": {
                 "filename": filename,
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
@@ -44,13 +58,7 @@ def genai_config(artifact: ModelArtifact, filename: str = "model.onnx") -> dict[
                 "num_attention_heads": f.n_heads,
                 "num_key_value_heads": f.n_kv_heads,
                 "num_hidden_layers": n_layers,
-                "inputs": {
-                    "input_ids": "input_ids",
-                    "attention_mask": "attention_mask",
-                    "position_ids": "position_ids",
-                    "past_key_names": "past_key_values.%d.key",
-                    "past_value_names": "past_key_values.%d.value",
-                },
+                "inputs": inputs,
                 "outputs": {
                     "logits": "logits",
                     "present_key_names": "present.%d.key",
@@ -64,18 +72,18 @@ def genai_config(artifact: ModelArtifact, filename: str = "model.onnx") -> dict[
             "top_k": s.top_k if s.temperature > 0 else 1,
             "top_p": s.top_p,
             "repetition_penalty": s.repetition_penalty,
-            "max_length": f.max_context,
+            "max_length": context,
             "min_length": 0,
             "num_beams": 1,
             "num_return_sequences": 1,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": fast,
         },
     }
 
 
-def write_genai_config(artifact: ModelArtifact, folder: Path) -> Path:
+def write_genai_config(artifact: ModelArtifact, folder: Path, fast: bool) -> Path:
     path = folder / FILE
-    path.write_text(json.dumps(genai_config(artifact), indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(genai_config(artifact, fast=fast), indent=2) + "\n", encoding="utf-8")
     return path
 
 

@@ -27,11 +27,13 @@ import numpy as np
 from compressor.artifact import ModelArtifact, QuantizedTensor
 from compressor.errors import ConfigError, OutputError, require
 from compressor.onnx_blocks import BlockQuant, matmul_nbits_tensors
+from exporters import onnx_graph
 from exporters.genai_config import write_genai_config
 
 log = logging.getLogger(__name__)
 MS_DOMAIN = "com.microsoft"
 ONNX_DIR = "onnx"
+EXTERNAL_ABOVE = 1_800_000_000  # bytes of graph + weights above which the weights go to model.onnx.data
 
 
 def _digest(a: np.ndarray) -> str:
@@ -193,13 +195,17 @@ def _drop_dead(nodes: list, g: _Graph) -> list:
     return nodes
 
 
-def export_onnx(artifact: ModelArtifact, out_dir: Path) -> tuple[Path, dict[str, int]]:
-    """Write ``out_dir/onnx/`` (model.onnx, config.json, tokenizer) in the artifact's scheme.
+def export_onnx(artifact: ModelArtifact, out_dir: Path, layout: str = "auto") -> tuple[Path, dict[str, int]]:
+    """Write ``out_dir/onnx/`` (model.onnx, genai_config.json, config.json, tokenizer) in the artifact's
+    scheme: the direct GroupQueryAttention graph (``onnx_graph``) for the families it writes, else (or
+    with ``layout="optimum"``) optimum's export rewritten to our blocks.
 
     Returns the model path and the counts of rewritten nodes.
     """
     onnx = require("onnx", "onnx")
     target = out_dir / ONNX_DIR
+    if layout == "auto" and onnx_graph.supports(artifact):
+        return _export_direct(artifact, target)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         fp32 = _torch_export(artifact, Path(tmp))
         model = onnx.load(str(fp32))
@@ -223,9 +229,40 @@ def export_onnx(artifact: ModelArtifact, out_dir: Path) -> tuple[Path, dict[str,
             if (fp32.parent / name).is_file():
                 shutil.copy(fp32.parent / name, target / name)
     artifact.tokenizer.save_pretrained(target)
-    write_genai_config(artifact, target)  # onnxruntime-genai opens this folder as it is
+    write_genai_config(artifact, target, fast=False)  # onnxruntime-genai opens this folder as it is
     log.info("wrote %s (%s)", target / "model.onnx", counts)
     return target / "model.onnx", counts
+
+
+def _export_direct(artifact: ModelArtifact, target: Path) -> tuple[Path, dict[str, int]]:
+    """The GroupQueryAttention graph written from the torch model and our blocks."""
+    import onnx
+
+    scheme = artifact.scheme
+    level = scheme.accuracy_level if scheme is not None else 4
+    model = onnx_graph.build_decoder(artifact, level)
+    counts = {
+        "MatMulNBits": sum(n.op_type == "MatMulNBits" for n in model.graph.node),
+        "GatherBlockQuantized": sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node),
+        "GroupQueryAttention": sum(n.op_type == "GroupQueryAttention" for n in model.graph.node),
+        "tied_head": int(
+            artifact.facts.tied_embeddings and "model.embed_tokens.weight" in artifact.quantized
+        ),
+    }
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / "model.onnx"
+    try:
+        if model.ByteSize() > EXTERNAL_ABOVE:  # protobuf's 2 GiB limit: weights beside the graph
+            onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+        else:
+            onnx.save(model, str(path))
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"could not write {path}: {exc}") from None
+    artifact.model.config.save_pretrained(target)
+    artifact.tokenizer.save_pretrained(target)
+    write_genai_config(artifact, target, fast=True)
+    log.info("wrote %s (%s)", path, counts)
+    return path, counts
 
 
 def load_ort_causal_lm(onnx_dir: Path) -> Any:

@@ -41,20 +41,26 @@ def test_every_export_format_has_an_exporter() -> None:
     assert set(EXPORTERS) == set(ExportFormat)
 
 
-def test_fp32_export_matches_torch(tiny_artifact, tmp_path: Path) -> None:
-    path, counts = export_onnx(tiny_artifact, tmp_path)
-    assert counts == {}
+LAYOUTS = ["auto", "optimum"]  # auto: the direct GroupQueryAttention graph (exporters.onnx_graph)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fp32_export_matches_torch(tiny_artifact, tmp_path: Path, layout: str) -> None:
+    path, counts = export_onnx(tiny_artifact, tmp_path, layout)
+    assert counts.get("MatMulNBits", 0) == 0
+    assert counts.get("GroupQueryAttention", 0) == (2 if layout == "auto" else 0)
     ids = _ids(tiny_artifact)
     stats = compare_logits(_logits(tiny_artifact.model, ids), ort_runtime.logits(path, ids))
     assert stats["max_abs_diff"] < 1e-3 and stats["top1_agreement"] == 1.0
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("spec", ["onnx:int4", "onnx:int4-asym", "onnx:int8", "onnx:int4-block64+embed=int4"])
 def test_stored_weights_dequantize_to_the_fake_quantized_torch_weights(
-    tiny_artifact, tmp_path: Path, spec
+    tiny_artifact, tmp_path: Path, spec, layout: str
 ) -> None:
     art = _quantized(tiny_artifact, spec)
-    path, counts = export_onnx(art, tmp_path)
+    path, counts = export_onnx(art, tmp_path, layout)
     assert counts["tied_head"] == 1 and counts["GatherBlockQuantized"] == 1
     model = onnx.load(str(path))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -79,17 +85,21 @@ def test_stored_weights_dequantize_to_the_fake_quantized_torch_weights(
     assert seen == 2 * 7 + 1  # 7 matrices per layer + the tied head
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("spec", ["onnx:int4", "onnx:int8"])
-def test_quantized_file_runs_like_the_fake_quantized_torch_model(tiny_artifact, tmp_path: Path, spec) -> None:
+def test_quantized_file_runs_like_the_fake_quantized_torch_model(
+    tiny_artifact, tmp_path: Path, spec, layout: str
+) -> None:
     art = _quantized(tiny_artifact, spec)
-    path, _ = export_onnx(art, tmp_path)
+    path, _ = export_onnx(art, tmp_path, layout)
     ids = _ids(tiny_artifact)
     stats = compare_logits(_logits(art.model, ids), ort_runtime.logits(path, ids))
     assert stats["mean_kl"] < 1e-3 and stats["top1_agreement"] > 0.9
 
 
-def test_greedy_with_kv_cache_equals_full_recompute(tiny_artifact, tmp_path: Path) -> None:
-    path, _ = export_onnx(tiny_artifact, tmp_path)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_greedy_with_kv_cache_equals_full_recompute(tiny_artifact, tmp_path: Path, layout: str) -> None:
+    path, _ = export_onnx(tiny_artifact, tmp_path, layout)
     prompt = _ids(tiny_artifact, 12)
     got = ort_runtime.greedy(path, prompt, 10)
     with torch.no_grad():

@@ -1,0 +1,250 @@
+"""Write a decoder's ONNX graph directly, in the layout onnxruntime-genai runs fastest: one
+``GroupQueryAttention`` per layer (rotary inside it, KV cache in a buffer the generator shares between
+steps), ``SimplifiedLayerNormalization``/``SkipSimplifiedLayerNormalization`` for RMSNorm with the
+residual add fused, ``MatMulNBits`` for every quantized weight with *our* blocks, and
+``GatherBlockQuantized`` reading the same bytes for a quantized embedding (the tied head shares them).
+
+Why our own writer: optimum-onnx's torch export decomposes attention, rotary and the dynamic shape
+logic into ~2,500 small nodes for a 30-layer model; on a CPU decode step their dispatch costs more
+than the weights' memory traffic (profiled on SmolLM2: MatMulNBits was a third of node time), and
+its concatenated KV cache cannot use onnxruntime-genai's shared buffer. onnxruntime-genai's model
+builder writes this layout but quantizes with its own rounding and needs transformers 5; the op set and
+wiring here follow what its builder emits (GroupQueryAttention's inputs: ``seqlens_k`` = mask sum - 1,
+``total_sequence_length`` = mask width; cos/sin caches of half the rotary width), written from the
+torch model we hold, so any pruned shape, rope scaling (the caches come from the model's own rotary
+module) and quantization plan goes through.
+
+Families: the Llama layout (separate q/k/v/o, gate/up/down, SiLU, RMSNorm) with optional q/k/v biases
+(Qwen2) and per-head q/k RMS norms (Qwen3); others (Gemma 3's sandwich norms and soft-caps, Phi-3's
+fused projections) keep optimum's graph (``supports`` says which).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compressor.artifact import ModelArtifact, facts_from_config
+from compressor.onnx_blocks import BlockQuant, matmul_nbits_tensors
+
+MS = "com.microsoft"
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+ROPE_CACHE_MAX = 16384  # cos/sin rows: 2 x 4 bytes x head_dim/2 each; longer contexts are capped
+
+
+def supports(artifact: ModelArtifact) -> bool:
+    cfg = artifact.model.config
+    partial = float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0)
+    return (
+        artifact.facts.family in FAMILIES
+        and not artifact.facts.is_encoder
+        and partial == 1.0
+        and not any(artifact.facts.layer_windows)
+    )
+
+
+def cache_length(artifact: ModelArtifact) -> int:
+    return min(artifact.facts.max_context, ROPE_CACHE_MAX)
+
+
+class _Writer:
+    def __init__(self, artifact: ModelArtifact, level: int) -> None:
+        from onnx import helper, numpy_helper
+
+        self.h, self.np_helper = helper, numpy_helper
+        self.art, self.level = artifact, level
+        self.params = dict(artifact.model.named_parameters(remove_duplicate=False))
+        self.nodes: list[Any] = []
+        self.inits: dict[str, Any] = {}
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name not in self.inits:
+            self.inits[name] = self.np_helper.from_array(np.ascontiguousarray(array), name)
+        return name
+
+    def node(
+        self, op: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **attrs: Any
+    ):
+        name = f"n{len(self.nodes)}_{op}"
+        outs = outputs or [f"{name}_out"]
+        self.nodes.append(self.h.make_node(op, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def _weight_name(self, param: str) -> str:
+        """The stored name of ``param`` (a tied head is stored once, under the embedding's name)."""
+        p = self.params[param]
+        for name, q in self.params.items():
+            if q is p:
+                return name
+        return param
+
+    def quant(self, param: str) -> BlockQuant | None:
+        q = self.art.quantized.get(self._weight_name(param))
+        return q.data if q is not None and isinstance(q.data, BlockQuant) else None
+
+    def nbits(self, key: str, bq: BlockQuant) -> list[str]:
+        t = matmul_nbits_tensors(bq)
+        names = [self.const(f"{key}.qB", t["B"]), self.const(f"{key}.qscales", t["scales"])]
+        if "zero_points" in t:
+            names.append(self.const(f"{key}.qzeros", t["zero_points"]))
+        return names
+
+    def linear(self, x: str, param: str, bias: str | None = None) -> str:
+        bq = self.quant(param)
+        if bq is not None:
+            n, k = bq.shape
+            key = self._weight_name(param)
+            y = self.node(
+                "MatMulNBits",
+                [x, *self.nbits(key, bq)],
+                domain=MS,
+                K=k,
+                N=n,
+                bits=bq.bits,
+                block_size=bq.block,
+                accuracy_level=self.level,
+            )
+        else:
+            w = self.params[param].detach().float().numpy()
+            y = self.node("MatMul", [x, self.const(f"{self._weight_name(param)}.T", w.T)])
+        if bias is not None and bias in self.params:
+            y = self.node("Add", [y, self.const(bias, self.params[bias].detach().float().numpy())])
+        return y
+
+    def embed(self, ids: str, param: str) -> str:
+        bq = self.quant(param)
+        if bq is None:
+            return self.node("Gather", [self.const(param, self.params[param].detach().float().numpy()), ids])
+        n, _ = bq.shape
+        shape2d = self.const(f"{param}.qshape2d", np.array([n, -1], dtype=np.int64))
+        flat = [self.node("Reshape", [src, shape2d]) for src in self.nbits(param, bq)]
+        data, scales, *zp = flat
+        return self.node(
+            "GatherBlockQuantized",
+            [data, ids, scales, *zp],
+            domain=MS,
+            bits=bq.bits,
+            block_size=bq.block,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+
+    def rms(self, x: str, param: str, eps: float) -> str:
+        w = self.const(param, self.params[param].detach().float().numpy())
+        return self.node("SimplifiedLayerNormalization", [x, w], epsilon=eps, axis=-1, stash_type=1)
+
+    def skip_rms(self, x: str, skip: str, param: str, eps: float) -> tuple[str, str]:
+        """(normed, x + skip)."""
+        w = self.const(param, self.params[param].detach().float().numpy())
+        base = f"n{len(self.nodes)}_skip"
+        outs = [f"{base}_norm", "", "", f"{base}_sum"]
+        self.node("SkipSimplifiedLayerNormalization", [x, skip, w], outs, domain=MS, epsilon=eps)
+        return outs[0], outs[3]
+
+    def head_norm(self, x: str, param: str, heads: int, head_dim: int, eps: float) -> str:
+        """Per-head RMS norm (Qwen3's q_norm/k_norm): over the last axis of (B, S, heads, head_dim)."""
+        shape = self.const(
+            f"shape.heads{heads}x{head_dim}", np.array([0, 0, heads, head_dim], dtype=np.int64)
+        )
+        flat = self.const("shape.flat3", np.array([0, 0, -1], dtype=np.int64))
+        y = self.rms(self.node("Reshape", [x, shape]), param, eps)
+        return self.node("Reshape", [y, flat])
+
+
+def _rope_caches(artifact: ModelArtifact, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (length, head_dim/2) from the model's own rotary module (any rope scaling it applies)."""
+    import torch
+
+    inner = artifact.model.model
+    rotary = inner.rotary_emb
+    pos = torch.arange(length).unsqueeze(0)
+    x = torch.zeros(1, 1, 1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary(x, pos)
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
+
+
+def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
+    """The ONNX ModelProto (inputs ``input_ids``, ``attention_mask``, ``past_key_values.N.key/value``;
+    outputs ``logits``, ``present.N.key/value``, KV as (batch, kv_heads, seq, head_dim))."""
+    from onnx import TensorProto, helper
+
+    cfg = artifact.model.config
+    f = facts_from_config(cfg, 0)  # the model's own shape (pruning rewrites its config)
+    eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
+    w = _Writer(artifact, accuracy_level)
+    h = helper
+    kv_shape = ["batch", f.n_kv_heads, "past_seq", f.head_dim]
+    inputs = [
+        h.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        h.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
+    ]
+    outputs = [h.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", f.vocab_size])]
+    one = w.const("const.one", np.array([1], dtype=np.int64))
+    axis1 = w.const("const.axis1", np.array([1], dtype=np.int64))
+    summed = w.node("ReduceSum", ["attention_mask", axis1], keepdims=0)
+    seqlens = w.node("Cast", [w.node("Sub", [summed, one])], to=TensorProto.INT32)
+    width = w.node(
+        "Gather",
+        [w.node("Shape", ["attention_mask"]), w.const("const.idx1", np.array(1, dtype=np.int64))],
+        axis=0,
+    )
+    total = w.node("Cast", [width], to=TensorProto.INT32)
+    cos, sin = _rope_caches(artifact, cache_length(artifact))
+    cos_name, sin_name = w.const("cos_cache", cos), w.const("sin_cache", sin)
+    x = w.embed("input_ids", "model.embed_tokens.weight")
+    residual: str | None = None
+    for i in range(f.n_layers):
+        p = f"model.layers.{i}."
+        if residual is None:
+            normed, residual = w.rms(x, p + "input_layernorm.weight", eps), x
+        else:
+            normed, residual = w.skip_rms(x, residual, p + "input_layernorm.weight", eps)
+        a = p + "self_attn."
+        q = w.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
+        k = w.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
+        v = w.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
+        if a + "q_norm.weight" in w.params:
+            q = w.head_norm(q, a + "q_norm.weight", f.n_heads, f.head_dim, eps)
+            k = w.head_norm(k, a + "k_norm.weight", f.n_kv_heads, f.head_dim, eps)
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        pres_k, pres_v = f"present.{i}.key", f"present.{i}.value"
+        inputs += [h.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in (past_k, past_v)]
+        outputs += [
+            h.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", f.n_kv_heads, "total_seq", f.head_dim])
+            for n in (pres_k, pres_v)
+        ]
+        attn_out = f"layer{i}.attn"
+        w.node(
+            "GroupQueryAttention",
+            [q, k, v, past_k, past_v, seqlens, total, cos_name, sin_name],
+            [attn_out, pres_k, pres_v],
+            domain=MS,
+            num_heads=f.n_heads,
+            kv_num_heads=f.n_kv_heads,
+            do_rotary=1,
+            rotary_interleaved=0,
+            scale=float(f.head_dim**-0.5),
+            local_window_size=-1,
+        )
+        o = w.linear(attn_out, a + "o_proj.weight", a + "o_proj.bias")
+        normed, residual = w.skip_rms(o, residual, p + "post_attention_layernorm.weight", eps)
+        m = p + "mlp."
+        gate = w.linear(normed, m + "gate_proj.weight")
+        up = w.linear(normed, m + "up_proj.weight")
+        act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
+        x = w.linear(act, m + "down_proj.weight")
+    final, _ = w.skip_rms(x, residual, "model.norm.weight", eps)
+    head = "lm_head.weight"
+    w.linear(final, head)
+    w.nodes[-1].output[0] = "logits"
+    graph = h.make_graph(w.nodes, "decoder", inputs, outputs, initializer=list(w.inits.values()))
+    model = h.make_model(
+        graph,
+        opset_imports=[h.make_opsetid("", 17), h.make_opsetid(MS, 1)],
+        producer_name="compressor",
+    )
+    model.ir_version = 9
+    return model
