@@ -171,6 +171,18 @@ def write_report() -> Path:
             "",
             speed["table"],
             "",
+            "The four ONNX rows hold the same int4 blocks (SmolLM2, block 32, MatMulNBits at accuracy",
+            "level 4) written two ways: optimum's torch export rewritten to our blocks (decomposed",
+            "attention, 7,427 nodes, concatenated KV cache) and the direct graph of",
+            "`exporters/onnx_graph.py` (GroupQueryAttention with rotary inside, fused RMSNorm + residual,",
+            "401 nodes, KV in a buffer onnxruntime-genai shares between steps). Each is timed through",
+            "our Python loop over an onnxruntime session and through onnxruntime-genai's C++ generator",
+            "(`Generator.generate_next_token`, what Android/iOS apps call). The GQA graph's file also",
+            "holds its rotary caches (2 MiB for 8,192 positions), counted in the roofline.",
+            "llama.cpp runs with its extra (AMX/repacking) buffer types off: with them this AMX Xeon",
+            "segfaults on SmolLM2 Q4_0 too (exporters/llama_worker.py). The previous run, on an AMD EPYC",
+            "VM, had 5.7 ms for our Q4_0.",
+            "",
         ]
     if distill:
         parts += [

@@ -23,7 +23,10 @@ from bench.quality import ART
 ROWS = [
     ("ours gguf:Q4_0 (llama.cpp)", "ours-q4_0/model.gguf"),
     ("ours pruned 6h/3kv/1024 Q4_0 (llama.cpp)", "ours-pruned-distill/model.gguf"),
-    ("ours onnx:int4 (onnxruntime)", "ours-onnx-int4/onnx/model.onnx"),
+    ("ours onnx:int4, optimum graph (onnxruntime, Python loop)", "speed-onnx-optimum/onnx/model.onnx"),
+    ("ours onnx:int4, optimum graph (onnxruntime-genai)", "speed-onnx-optimum/onnx/genai_config.json"),
+    ("ours onnx:int4, GQA graph (onnxruntime, Python loop)", "speed-onnx-gqa/onnx/model.onnx"),
+    ("ours onnx:int4, GQA graph (onnxruntime-genai)", "speed-onnx-gqa/onnx/genai_config.json"),
     ("llama.cpp Q4_0", "llama.cpp-Q4_0.gguf"),
     ("llama.cpp Q4_K_M", "llama.cpp-Q4_K_M.gguf"),
     ("llama.cpp Q8_0", "llama.cpp-Q8_0.gguf"),
@@ -45,7 +48,37 @@ def copy_bandwidth_gbps(mib: int = 512, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def build_onnx_layouts() -> None:
+    """SmolLM2 at onnx:int4 (the same blocks) written both ways: optimum's export rewritten to our
+    blocks, and the direct GroupQueryAttention graph (exporters.onnx_graph)."""
+    import copy
+
+    from compressor.loading import load_model
+    from compressor.quant import QuantScheme
+    from exporters.onnx import export_onnx
+    from stages.quantize import quantize_model
+
+    todo = [(d, layout) for d, layout in (("speed-onnx-optimum", "optimum"), ("speed-onnx-gqa", "auto"))]
+    todo = [(d, layout) for d, layout in todo if not (ART / d / "onnx" / "genai_config.json").is_file()]
+    if not todo:
+        return
+    art = load_model("smollm2-135m")
+    scheme = QuantScheme.parse("onnx:int4")
+    model, packed, _ = quantize_model(copy.deepcopy(art.model), scheme)
+    art = art.evolve("quantize", model=model, scheme=scheme, quantized=packed)
+    for d, layout in todo:
+        print(f"writing {d} ({layout} layout)", flush=True)
+        (ART / d).mkdir(parents=True, exist_ok=True)
+        export_onnx(art, ART / d, layout)
+
+
 def measure(path: Path) -> dict[str, Any]:
+    if path.name == "genai_config.json":
+        from exporters import genai_runtime
+
+        return genai_runtime.measure(
+            path.parent, THREADS, PROMPT, vocab_size=49152, gen_tokens=GEN, repeats=1
+        )
     if path.suffix == ".gguf":
         from exporters import llama_runtime
 
@@ -61,6 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     args = parser.parse_args()
+    build_onnx_layouts()
     rows = [(label, ART / rel) for label, rel in ROWS if (ART / rel).is_file()]
     missing = [label for label, rel in ROWS if not (ART / rel).is_file()]
     if missing:
@@ -76,7 +110,7 @@ def main() -> None:
     for label, path in rows:
         ms = statistics.median(m["decode_ms_per_token"] for m in runs[label])
         ttft = statistics.median(m["ttft_ms"] for m in runs[label])
-        size = file_bytes(path)
+        size = file_bytes(path.parent / "model.onnx" if path.name == "genai_config.json" else path)
         roof = bandwidth * 1e9 / size  # tokens/s if every weight byte were read once per token at peak
         tps = 1000 / ms
         results.append(
