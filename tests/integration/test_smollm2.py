@@ -31,7 +31,15 @@ def f32_file(smollm2, tmp_path_factory) -> Path:
 def q4_bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("q4") / "OUT"
     proc = cli(
-        "compress", "smollm2-135m", "--device", "raspberry-pi-5", "--quant", "gguf:Q4_0", "--out", str(out)
+        "compress",
+        "smollm2-135m",
+        "--device",
+        "raspberry-pi-5",
+        "--quant",
+        "gguf:Q4_0",
+        "--bundle",
+        "--out",
+        str(out),
     )
     assert proc.returncode == 0, proc.stderr
     return out
@@ -150,3 +158,18 @@ def test_one_command_says_when_nothing_fits_not_even_pruned(tmp_path: Path) -> N
     assert [(s["stage"], s["status"]) for s in report["stages"]] == [("load", "ok"), ("search", "stopped")]
     assert "closest candidate" in report["message"] and "max_size_mib" in report["message"]
     assert "over by" in report["message"] and not (out / "model.gguf").exists()
+
+
+def test_the_gguf_bundle_verifies_and_chats_with_its_own_template(q4_bundle: Path) -> None:
+    from compressor.loading import read_gguf_fields
+    from exporters import llama_runtime
+
+    name = "smollm2-135m-raspberry-pi-5.bundle"
+    assert cli("verify", str(q4_bundle / f"{name}.zip")).returncode == 0
+    manifest = json.loads((q4_bundle / name / "manifest.json").read_text())
+    assert manifest["quality"]["measured"] and manifest["quality"]["kl"] < 0.5
+    fields, _ = read_gguf_fields(q4_bundle / name / "model.gguf")
+    assert "general.sampling.top_k" in fields and "tokenizer.chat_template" in fields
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = llama_runtime.chat(q4_bundle / name / "model.gguf", question, 16)
+    assert reply["chat_format"] == "chat_template.default" and "Paris" in reply["reply"], reply

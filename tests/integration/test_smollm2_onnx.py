@@ -32,11 +32,12 @@ def both(tmp_path_factory) -> Path:
         "compress",
         "smollm2-135m",
         "--device",
-        "raspberry-pi-5",
+        "snapdragon-8-gen-3-genai",  # ONNX through onnxruntime-genai: the bundle is its folder
         "--quant",
         "gguf:Q4_0,onnx:int4",
         *RELAXED,
         "--mobile",
+        "--bundle",
         "--out",
         str(out),
     )
@@ -93,3 +94,21 @@ def test_int4_and_int8_load_in_ort_model_for_causal_lm(smollm2, both: Path, tmp_
             ]
         )
         assert "Paris" in text, (onnx_dir, text)
+
+
+def test_the_onnx_bundle_verifies_and_chats_in_onnxruntime_genai(both: Path) -> None:
+    pytest.importorskip("onnxruntime_genai")
+    from exporters import genai_runtime
+
+    name = "smollm2-135m-snapdragon-8-gen-3-genai.bundle"
+    assert cli("verify", str(both / f"{name}.zip")).returncode == 0
+    manifest = json.loads((both / name / "manifest.json").read_text())
+    assert manifest["runtime"] == "onnxruntime-genai" and manifest["quality"]["measured"]
+    assert {f["path"] for f in manifest["files"]} >= {"model.onnx", "genai_config.json", "tokenizer.json"}
+    reply = genai_runtime.chat(
+        both / name, [{"role": "user", "content": "What is the capital of France?"}], 16
+    )
+    assert "Paris" in reply["reply"], reply
+    report = json.loads((both / "report.json").read_text())
+    onnx = report["measured"]["onnx/model.onnx"]
+    assert onnx["runtime"].startswith("onnxruntime-genai") and onnx["ort_loop_decode_ms_per_token"] > 0
