@@ -41,10 +41,10 @@ class Quality(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     measured: bool
-    kl: float | None = Field(None, description="mean KL(teacher || bundle) per token, nats")
-    top1: float | None = Field(None, description="share of positions where both pick the same token")
+    kl: float | None = Field(default=None, description="mean KL(teacher || bundle) per token, nats")
+    top1: float | None = Field(default=None, description="share of positions where both pick the same token")
     tokens: int = 0
-    text: str = Field("", description="the held-out text the figures were measured on")
+    text: str = Field(default="", description="the held-out text the figures were measured on")
     why_not: str | None = None
 
 

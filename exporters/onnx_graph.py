@@ -176,7 +176,7 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
     eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
     w = _Writer(artifact, accuracy_level)
     h = helper
-    kv_shape = ["batch", f.n_kv_heads, "past_seq", f.head_dim]
+    kv_shape: list[str | int | None] = ["batch", f.n_kv_heads, "past_seq", f.head_dim]
     inputs = [
         h.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         h.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_seq"]),
@@ -236,6 +236,7 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
         up = w.linear(normed, m + "up_proj.weight")
         act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
         x = w.linear(act, m + "down_proj.weight")
+    assert residual is not None  # at least one layer
     final, _ = w.skip_rms(x, residual, "model.norm.weight", eps)
     head = "lm_head.weight"
     w.linear(final, head)
