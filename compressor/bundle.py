@@ -51,6 +51,11 @@ def bundle_name(source: str, device: str) -> str:
 
 
 def _read(out: Path) -> tuple[dict[str, Any], RunReport, dict[str, Any] | None]:
+    if not out.is_dir() or not (out / MANIFEST).is_file() or not (out / "report.json").is_file():
+        raise InputError(
+            f"{out} is not the output directory of a finished 'compressor compress' (it needs "
+            f"{MANIFEST} and report.json); run compress with --out {out.name} first"
+        )
     find_models(out)  # every listed file present with its size and sha256, nothing escapes
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     try:
@@ -87,6 +92,11 @@ def _pick(manifest: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def _generation(manifest: dict[str, Any]) -> Generation:
+    if "generation" in manifest and manifest["generation"] is None:
+        raise InputError(
+            "this output holds an encoder; app bundles are made for text generators (its manifest.json "
+            "already lists and hashes every file, and 'compressor check' verifies them)"
+        )
     if manifest.get("generation"):
         return Generation.model_validate(manifest["generation"])
     eos = manifest.get("eos_token_id")  # written before generation defaults were recorded

@@ -319,7 +319,9 @@ def test_cli_encoder_budget_missed_and_bad_requests(
     assert "attention width" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "c"), "--knowledge", "embedding"]) == ExitCode.BAD_INPUT
     assert main([*base, "--out", str(tmp_path / "d"), "--quant", "gguf:Q4_K_M"]) == ExitCode.BAD_INPUT
-    assert not any((tmp_path / n).exists() for n in "bcd")
+    assert main([*base, "--out", str(tmp_path / "e"), "--bundle"]) == ExitCode.BAD_INPUT
+    assert "--bundle makes app bundles for text generators" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "bcde")
 
 
 def test_gguf_that_llama_cpp_cannot_run_is_skipped_before_work(
