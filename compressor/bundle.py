@@ -66,7 +66,10 @@ def _read(out: Path) -> tuple[dict[str, Any], RunReport, dict[str, Any] | None]:
         ) from None
     recipe = None
     if (out / "recipe.toml").is_file():
-        recipe = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
+        try:
+            recipe = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"{out}/recipe.toml is not readable TOML ({exc}); re-run compress") from None
     if report.command != "compress" or report.outcome.value not in ("pass", "budget-missed", "unreliable"):
         raise InputError(f"{out} is not a finished compress output (outcome {report.outcome.value})")
     return manifest, report, recipe
@@ -209,7 +212,7 @@ def _quality(
     from compressor.search import heldout_kl
     from compressor.textdata import builtin_split, tokenize_docs
 
-    spec = recipe["settings"]["model"]
+    spec = str((recipe.get("settings") or {}).get("model", ""))
     try:
         if model_sha256(spec) != recipe.get("model_sha256"):
             return Quality(
@@ -227,7 +230,7 @@ def _quality(
     ids = tokenize_docs(builtin_split()[1], teacher.tokenizer)[: min(QUALITY_TOKENS, context - 1)]
     with torch.no_grad():
         ref = teacher.model(torch.tensor([ids])).logits[0].float().numpy()
-    q = heldout_kl(ref, runtime_logits(bundle, runtime, model_file, ids, threads=2))
+    q = heldout_kl(ref, runtime_logits(bundle, runtime, model_file, ids, threads=1))  # 1: reproducible
     return Quality(
         measured=True,
         kl=round(q["kl"], 5),
@@ -279,7 +282,8 @@ def _write_zip(folder: Path, dest: Path, top: str) -> None:
             info.create_system = 3
             model = p.suffix in (".gguf", ".onnx", ".data")
             info.compress_type = zipfile.ZIP_STORED if model else zipfile.ZIP_DEFLATED
-            with open(p, "rb") as src, z.open(info, "w", force_zip64=True) as dst:
+            info.file_size = p.stat().st_size  # zip64 records only where a file needs them
+            with open(p, "rb") as src, z.open(info, "w") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
 
 

@@ -38,6 +38,7 @@ def supports(artifact: ModelArtifact) -> bool:
     partial = float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0)
     return (
         artifact.facts.family in FAMILIES
+        and getattr(cfg, "hidden_act", "silu") in ("silu", "swish")
         and not artifact.facts.is_encoder
         and partial == 1.0
         and not any(artifact.facts.layer_windows)
@@ -232,10 +233,10 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
         o = w.linear(attn_out, a + "o_proj.weight", a + "o_proj.bias")
         normed, residual = w.skip_rms(o, residual, p + "post_attention_layernorm.weight", eps)
         m = p + "mlp."
-        gate = w.linear(normed, m + "gate_proj.weight")
-        up = w.linear(normed, m + "up_proj.weight")
+        gate = w.linear(normed, m + "gate_proj.weight", m + "gate_proj.bias")  # biases: Llama's mlp_bias
+        up = w.linear(normed, m + "up_proj.weight", m + "up_proj.bias")
         act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
-        x = w.linear(act, m + "down_proj.weight")
+        x = w.linear(act, m + "down_proj.weight", m + "down_proj.bias")
     assert residual is not None  # at least one layer
     final, _ = w.skip_rms(x, residual, "model.norm.weight", eps)
     head = "lm_head.weight"

@@ -88,7 +88,11 @@ def test_llama_cpp_embedding_api_matches_torch(bundle: Path) -> None:
 
 
 def test_check_re_times_the_encoder_bundle(bundle: Path, tmp_path: Path) -> None:
-    proc = cli("check", str(bundle), "--device", "raspberry-pi-5", "--json", str(tmp_path / "c.json"))
+    # the gate's mechanics, not this host's speed: on a slower VM the GGUF's Pi 5 estimate sat at 402 ms
+    relaxed = ("--max-encode-ms", "2000")
+    proc = cli(
+        "check", str(bundle), "--device", "raspberry-pi-5", *relaxed, "--json", str(tmp_path / "c.json")
+    )
     assert proc.returncode in (0, 7), proc.stderr[-2000:]
     checks = json.loads((tmp_path / "c.json").read_text())["checks"]
     assert {c["budget"] for c in checks} == {"max_size_mib", "max_ram_mib", "max_encode_ms"}
