@@ -14,9 +14,11 @@ wiring here follow what its builder emits (GroupQueryAttention's inputs: ``seqle
 torch model we hold, so any pruned shape, rope scaling (the caches come from the model's own rotary
 module) and quantization plan goes through.
 
-Families: the Llama layout (separate q/k/v/o, gate/up/down, SiLU, RMSNorm) with optional q/k/v biases
-(Qwen2) and per-head q/k RMS norms (Qwen3); others (Gemma 3's sandwich norms and soft-caps, Phi-3's
-fused projections) keep optimum's graph (``supports`` says which).
+Families: the Llama layout (separate q/k/v/o, gate/up/down, SiLU, RMSNorm) with optional biases
+(Qwen2's q/k/v) and per-head q/k RMS norms (Qwen3), and Gemma 3 (norms as 1 + w, sandwich norms,
+scaled embedding, tanh-GELU, sliding-window layers through GroupQueryAttention's ``local_window_size``
+with their own rotary base, ``query_pre_attn_scalar``). Phi-3's fused projections and any soft-capping
+keep optimum's graph (``supports`` says which).
 """
 
 from __future__ import annotations
@@ -29,20 +31,28 @@ from compressor.artifact import ModelArtifact, facts_from_config
 from compressor.onnx_blocks import BlockQuant, matmul_nbits_tensors
 
 MS = "com.microsoft"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 ROPE_CACHE_MAX = 16384  # cos/sin rows: 2 x 4 bytes x head_dim/2 each; longer contexts are capped
 
 
 def supports(artifact: ModelArtifact) -> bool:
     cfg = artifact.model.config
     partial = float(getattr(cfg, "partial_rotary_factor", 1.0) or 1.0)
+    gemma = artifact.facts.family == "gemma3"
     return (
         artifact.facts.family in FAMILIES
-        and getattr(cfg, "hidden_act", "silu") in ("silu", "swish")
+        and _activation(cfg) in ACTIVATIONS
         and not artifact.facts.is_encoder
         and partial == 1.0
-        and not any(artifact.facts.layer_windows)
+        and (gemma or not any(artifact.facts.layer_windows))  # windows: Gemma 3's local layers only
+        and not getattr(cfg, "attn_logit_softcapping", None)
+        and not getattr(cfg, "final_logit_softcapping", None)
     )
+
+
+def _activation(cfg: Any) -> str:
+    return str(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu"))
 
 
 def cache_length(artifact: ModelArtifact) -> int:
@@ -58,6 +68,7 @@ class _Writer:
         self.params = dict(artifact.model.named_parameters(remove_duplicate=False))
         self.nodes: list[Any] = []
         self.inits: dict[str, Any] = {}
+        self.gemma = artifact.facts.family == "gemma3"
 
     def const(self, name: str, array: np.ndarray) -> str:
         if name not in self.inits:
@@ -131,13 +142,18 @@ class _Writer:
             quantize_axis=1,
         )
 
+    def gamma(self, param: str) -> str:
+        """An RMSNorm's scale; Gemma stores it as an offset from 1 (``x_norm * (1 + w)``)."""
+        w = self.params[param].detach().float().numpy()
+        return self.const(param, w + 1.0 if self.gemma else w)
+
     def rms(self, x: str, param: str, eps: float) -> str:
-        w = self.const(param, self.params[param].detach().float().numpy())
+        w = self.gamma(param)
         return self.node("SimplifiedLayerNormalization", [x, w], epsilon=eps, axis=-1, stash_type=1)
 
     def skip_rms(self, x: str, skip: str, param: str, eps: float) -> tuple[str, str]:
         """(normed, x + skip)."""
-        w = self.const(param, self.params[param].detach().float().numpy())
+        w = self.gamma(param)
         base = f"n{len(self.nodes)}_skip"
         outs = [f"{base}_norm", "", "", f"{base}_sum"]
         self.node("SkipSimplifiedLayerNormalization", [x, skip, w], outs, domain=MS, epsilon=eps)
@@ -153,18 +169,25 @@ class _Writer:
         return self.node("Reshape", [y, flat])
 
 
-def _rope_caches(artifact: ModelArtifact, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin (length, head_dim/2) from the model's own rotary module (any rope scaling it applies)."""
+def _rope_caches(artifact: ModelArtifact, length: int, local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (length, head_dim/2) from the model's own rotary module (any rope scaling it applies;
+    Gemma 3's sliding layers have their own, with the local base)."""
     import torch
 
     inner = artifact.model.model
-    rotary = inner.rotary_emb
+    rotary = inner.rotary_emb_local if local else inner.rotary_emb
     pos = torch.arange(length).unsqueeze(0)
     x = torch.zeros(1, 1, 1, dtype=torch.float32)
     with torch.no_grad():
         cos, sin = rotary(x, pos)
     half = cos.shape[-1] // 2
     return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
+
+
+def inner_scale(artifact: ModelArtifact) -> float:
+    """Gemma's embedding scale as its module applies it (sqrt(hidden) in the weights' dtype)."""
+    emb = artifact.model.model.embed_tokens
+    return float(getattr(emb, "embed_scale", 1.0))
 
 
 def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
@@ -193,9 +216,21 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
         axis=0,
     )
     total = w.node("Cast", [width], to=TensorProto.INT32)
-    cos, sin = _rope_caches(artifact, cache_length(artifact))
-    cos_name, sin_name = w.const("cos_cache", cos), w.const("sin_cache", sin)
+    caches = {False: _rope_caches(artifact, cache_length(artifact))}
+    if any(f.layer_windows):
+        caches[True] = _rope_caches(artifact, cache_length(artifact), local=True)
+    names = {
+        local: (w.const(f"cos_cache{'_local' * local}", c), w.const(f"sin_cache{'_local' * local}", si))
+        for local, (c, si) in caches.items()
+    }
     x = w.embed("input_ids", "model.embed_tokens.weight")
+    if w.gemma:  # Gemma scales the embedding by sqrt(hidden) (in the weights' dtype)
+        scale = np.asarray(inner_scale(artifact), dtype=np.float32)
+        x = w.node("Mul", [x, w.const("embed_scale", scale)])
+    scalar = getattr(cfg, "query_pre_attn_scalar", None)
+    attn_scale = float(scalar) ** -0.5 if w.gemma and scalar else float(f.head_dim**-0.5)
+    act = ACTIVATIONS[_activation(cfg)]
+    windows = f.layer_windows or (0,) * f.n_layers
     residual: str | None = None
     for i in range(f.n_layers):
         p = f"model.layers.{i}."
@@ -218,6 +253,7 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
             for n in (pres_k, pres_v)
         ]
         attn_out = f"layer{i}.attn"
+        cos_name, sin_name = names[windows[i] > 0]
         w.node(
             "GroupQueryAttention",
             [q, k, v, past_k, past_v, seqlens, total, cos_name, sin_name],
@@ -227,16 +263,25 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
             kv_num_heads=f.n_kv_heads,
             do_rotary=1,
             rotary_interleaved=0,
-            scale=float(f.head_dim**-0.5),
-            local_window_size=-1,
+            scale=attn_scale,
+            local_window_size=windows[i] if windows[i] > 0 else -1,
         )
         o = w.linear(attn_out, a + "o_proj.weight", a + "o_proj.bias")
-        normed, residual = w.skip_rms(o, residual, p + "post_attention_layernorm.weight", eps)
+        if w.gemma:  # sandwich norms: the attention output is normed before the residual add
+            o = w.rms(o, p + "post_attention_layernorm.weight", eps)
+            normed, residual = w.skip_rms(o, residual, p + "pre_feedforward_layernorm.weight", eps)
+        else:
+            normed, residual = w.skip_rms(o, residual, p + "post_attention_layernorm.weight", eps)
         m = p + "mlp."
         gate = w.linear(normed, m + "gate_proj.weight", m + "gate_proj.bias")  # biases: Llama's mlp_bias
         up = w.linear(normed, m + "up_proj.weight", m + "up_proj.bias")
-        act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
-        x = w.linear(act, m + "down_proj.weight", m + "down_proj.bias")
+        if act == "gelu_tanh":
+            hidden = w.node("Mul", [w.node("FastGelu", [gate], domain=MS), up])
+        else:
+            hidden = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
+        x = w.linear(hidden, m + "down_proj.weight", m + "down_proj.bias")
+        if w.gemma:
+            x = w.rms(x, p + "post_feedforward_layernorm.weight", eps)
     assert residual is not None  # at least one layer
     final, _ = w.skip_rms(x, residual, "model.norm.weight", eps)
     head = "lm_head.weight"
