@@ -31,7 +31,9 @@ class Reference(BaseModel):
     top_ids: list[list[int]] = Field(description="per position: the top_k token ids, best first")
     top_logits: list[list[float]] = Field(description="per position: their logits")
     tolerance: float = Field(
-        gt=0, description="largest |logit difference| allowed on the recorded ids (CPU arithmetic differs)"
+        gt=0,
+        le=0.5,  # a manifest cannot widen it into accepting a different model
+        description="largest |logit difference| allowed on the recorded ids (CPU arithmetic differs)",
     )
     threads: int = Field(ge=1)
 

@@ -3,13 +3,13 @@
 In order, every problem found at a step reported at once, each naming its file:
 1. ``manifest.json`` is valid against the bundle schema (``compressor schema manifest``);
 2. every listed path is a plain file inside the bundle (no absolute path, ``..``, symlink) — checked
-   before any file is opened, so nothing outside the bundle is read;
+   before any file is opened, so nothing outside the bundle is read — and has its listed size and
+   sha256 (``check``'s own rules, ``check.verify_listed``);
 3. nothing extra: no file, directory or link the manifest does not list;
-4. every file has its listed size and sha256;
-5. the bundled tokenizer turns the recorded prompt into the recorded ids, and the model, loaded in its
+4. the bundled tokenizer turns the recorded prompt into the recorded ids, and the model, loaded in its
    runtime, gives the recorded logits on them (within the recorded tolerance; top-1 may differ only
    where the recorded top two were closer than it).
-Steps 1-4 fail with exit 3 (the bundle does not match its manifest), step 5 with exit 5. A zip is
+Steps 1-3 fail with exit 3 (the bundle does not match its manifest), step 4 with exit 5. A zip is
 checked entry by entry (names, types) before it is extracted into a temporary directory.
 """
 
@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import pydantic
 
-from compressor.builtin_models import sha256_file
 from compressor.bundle_manifest import BundleManifest
-from compressor.check import TamperError, member_problem
+from compressor.check import TamperError, verify_listed
 from compressor.errors import ValidationError
 from compressor.package import MANIFEST
 
@@ -75,25 +74,15 @@ def _extra(root: Path, listed: set[str]) -> list[str]:
 
 
 def verify_files(root: Path, m: BundleManifest) -> None:
+    """Nothing extra, then every listed path inside the bundle with its size and sha256 (``check``'s
+    rules: every path is checked before any file is opened)."""
     paths = [f.path for f in m.files]
-    problems = [why for f in m.files if (why := member_problem(root, f.path)) is not None]
-    if len(set(paths)) != len(paths):
-        problems.append("a path is listed twice")
     if MANIFEST in paths:
-        problems.append(f"{MANIFEST}: lists itself")
-    if problems:
-        raise TamperError(f"{root}/{MANIFEST} lists paths that are not files of the bundle", problems)
-    extra = _extra(root, set(paths))
+        raise TamperError(f"{root}/{MANIFEST} lists itself")
+    extra = _extra(root, set(paths))  # os.walk: links are reported, never followed
+    verify_listed(root, list(m.files))
     if extra:
         raise TamperError(f"{root} holds files its {MANIFEST} does not list", extra)
-    for f in m.files:
-        p = root / f.path
-        if p.stat().st_size != f.bytes:
-            problems.append(f"{f.path}: {p.stat().st_size} bytes, the manifest says {f.bytes}")
-        elif sha256_file(p) != f.sha256:
-            problems.append(f"{f.path}: contents differ from the manifest's sha256")
-    if problems:
-        raise TamperError(f"{root} does not match its {MANIFEST}", problems)
 
 
 def compare_reference(m: BundleManifest, logits: np.ndarray) -> list[str]:

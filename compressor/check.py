@@ -41,7 +41,7 @@ def find_models(root: Path) -> tuple[list[Path], list[str]]:
             return [root], []
         raise InputError(f"{root} is neither an artifact directory nor a .gguf/.onnx file")
     entries = _read_manifest(root)
-    _verify_files(root, entries)
+    verify_listed(root, entries)
     listed = {e.path for e in entries}
     models = [root / e.path for e in entries if e.role == "model" and Path(e.path).suffix in MODEL_SUFFIXES]
     if not models:
@@ -99,7 +99,7 @@ def member_problem(root: Path, rel: str) -> str | None:
     return None
 
 
-def _verify_files(root: Path, entries: list[ManifestFile]) -> None:
+def verify_listed(root: Path, entries: list[ManifestFile]) -> None:
     """Every path checked before any file is opened; then sizes and hashes."""
     problems = [why for e in entries if (why := member_problem(root, e.path)) is not None]
     if len({e.path for e in entries}) != len(entries):

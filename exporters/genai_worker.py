@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.hostload import timed_repeats
+from exporters.hostload import serve, timed_repeats
 from exporters.llama_worker import _rss_mib, timing_summary
 
 
@@ -98,11 +98,5 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
 OPS = {"measure": _measure, "logits": _logits, "chat": _chat}
 
 
-def main() -> int:
-    req = json.loads(sys.argv[1])
-    sys.stdout.write("\n" + json.dumps(OPS[req["op"]](req)) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(OPS))

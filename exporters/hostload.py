@@ -120,3 +120,13 @@ def _percentile(values: list[float], q: float) -> float:
     k = (len(ordered) - 1) * q / 100
     lo, hi = math.floor(k), math.ceil(k)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def serve(ops: dict[str, Any]) -> int:
+    """A runtime worker's main: one JSON request in argv[1], one JSON answer as stdout's last line."""
+    import json
+    import sys
+
+    req = json.loads(sys.argv[1])
+    sys.stdout.write("\n" + json.dumps(ops[req["op"]](req)) + "\n")
+    return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.hostload import serve
 from exporters.llama_worker import _no_extra_buffers
 
 
@@ -105,12 +106,5 @@ def _embed(req: dict[str, Any]) -> dict[str, Any]:
 OPS = {"embed": _embed}
 
 
-def main() -> int:
-    req = json.loads(sys.argv[1])
-    answer = OPS[req["op"]](req)
-    sys.stdout.write("\n" + json.dumps(answer) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(OPS))

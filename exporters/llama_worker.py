@@ -7,7 +7,6 @@ argv[1], writes one JSON answer as the last line of stdout. Arrays travel as .np
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.hostload import timed_repeats
+from exporters.hostload import serve, timed_repeats
 
 
 def _rss_mib() -> float:
@@ -193,12 +192,5 @@ OPS = {
 }
 
 
-def main() -> int:
-    req = json.loads(sys.argv[1])
-    answer = OPS[req["op"]](req)
-    sys.stdout.write("\n" + json.dumps(answer) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(OPS))

@@ -17,8 +17,9 @@ module) and quantization plan goes through.
 Families: the Llama layout (separate q/k/v/o, gate/up/down, SiLU, RMSNorm) with optional biases
 (Qwen2's q/k/v) and per-head q/k RMS norms (Qwen3), and Gemma 3 (norms as 1 + w, sandwich norms,
 scaled embedding, tanh-GELU, sliding-window layers through GroupQueryAttention's ``local_window_size``
-with their own rotary base, ``query_pre_attn_scalar``). Phi-3's fused projections and any soft-capping
-keep optimum's graph (``supports`` says which).
+with their own rotary base, ``query_pre_attn_scalar``), and Phi-3 (its fused qkv goes to
+GroupQueryAttention packed, its gate_up is split). Partial rotary, length-dependent rope scaling
+(longrope, dynamic NTK) and soft-capping keep optimum's graph (``supports`` says which).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from compressor.artifact import ModelArtifact, facts_from_config
 from compressor.onnx_blocks import BlockQuant, matmul_nbits_tensors
 
 MS = "com.microsoft"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3")
+STATIC_ROPE = (None, "default", "linear", "llama3", "yarn")  # caches computed once hold for every length
 ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 ROPE_CACHE_MAX = 16384  # cos/sin rows: 2 x 4 bytes x head_dim/2 each; longer contexts are capped
 
@@ -46,9 +48,17 @@ def supports(artifact: ModelArtifact) -> bool:
         and not artifact.facts.is_encoder
         and partial == 1.0
         and (gemma or not any(artifact.facts.layer_windows))  # windows: Gemma 3's local layers only
+        and _rope_type(cfg) in STATIC_ROPE
         and not getattr(cfg, "attn_logit_softcapping", None)
         and not getattr(cfg, "final_logit_softcapping", None)
     )
+
+
+def _rope_type(cfg: Any) -> str | None:
+    """Dynamic scalings (longrope, dynamic NTK) change the frequencies with the sequence length; one
+    cache cannot hold them."""
+    rs = getattr(cfg, "rope_scaling", None) or {}
+    return rs.get("rope_type") or rs.get("type")
 
 
 def _activation(cfg: Any) -> str:
@@ -239,9 +249,12 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
         else:
             normed, residual = w.skip_rms(x, residual, p + "input_layernorm.weight", eps)
         a = p + "self_attn."
-        q = w.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
-        k = w.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
-        v = w.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
+        if a + "qkv_proj.weight" in w.params:  # Phi-3: one fused matrix; GQA takes the packed rows
+            q, k, v = w.linear(normed, a + "qkv_proj.weight", a + "qkv_proj.bias"), "", ""
+        else:
+            q = w.linear(normed, a + "q_proj.weight", a + "q_proj.bias")
+            k = w.linear(normed, a + "k_proj.weight", a + "k_proj.bias")
+            v = w.linear(normed, a + "v_proj.weight", a + "v_proj.bias")
         if a + "q_norm.weight" in w.params:
             q = w.head_norm(q, a + "q_norm.weight", f.n_heads, f.head_dim, eps)
             k = w.head_norm(k, a + "k_norm.weight", f.n_kv_heads, f.head_dim, eps)
@@ -273,8 +286,14 @@ def build_decoder(artifact: ModelArtifact, accuracy_level: int) -> Any:
         else:
             normed, residual = w.skip_rms(o, residual, p + "post_attention_layernorm.weight", eps)
         m = p + "mlp."
-        gate = w.linear(normed, m + "gate_proj.weight", m + "gate_proj.bias")  # biases: Llama's mlp_bias
-        up = w.linear(normed, m + "up_proj.weight", m + "up_proj.bias")
+        if m + "gate_up_proj.weight" in w.params:  # Phi-3: gate rows then up rows
+            fused = w.linear(normed, m + "gate_up_proj.weight", m + "gate_up_proj.bias")
+            halves = [f"{fused}_gate", f"{fused}_up"]
+            w.node("Split", [fused], halves, axis=-1)  # opset 17: equal parts, one per output
+            gate, up = halves
+        else:
+            gate = w.linear(normed, m + "gate_proj.weight", m + "gate_proj.bias")  # biases: mlp_bias
+            up = w.linear(normed, m + "up_proj.weight", m + "up_proj.bias")
         if act == "gelu_tanh":
             hidden = w.node("Mul", [w.node("FastGelu", [gate], domain=MS), up])
         else:

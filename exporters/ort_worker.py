@@ -7,14 +7,13 @@ peak RSS (VmHWM) is the runtime's own.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from exporters.hostload import timed_repeats
+from exporters.hostload import serve, timed_repeats
 from exporters.llama_worker import _rss_mib, timing_summary
 
 
@@ -103,11 +102,5 @@ def _measure(req: dict[str, Any]) -> dict[str, Any]:
 OPS = {"measure": _measure, "logits": _logits, "greedy": _greedy}
 
 
-def main() -> int:
-    req = json.loads(sys.argv[1])
-    sys.stdout.write("\n" + json.dumps(OPS[req["op"]](req)) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(OPS))

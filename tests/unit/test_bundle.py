@@ -132,11 +132,20 @@ def test_verify_fails_on_a_manifest_entry_outside_the_bundle(copy_of: Path, caps
     refuse(["verify", str(copy_of)], copy_of, capsys, ExitCode.BAD_INPUT, path)
 
 
-def test_verify_fails_on_a_manifest_that_breaks_its_schema(copy_of: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: m.update(runtime_hint="x"), "runtime_hint"),
+        (lambda m: m["reference"].update(tolerance=100.0), "tolerance"),  # cannot be widened
+        (lambda m: m.pop("reference"), "reference"),
+        (lambda m: m.update(runtime="tflite"), "runtime"),
+    ],
+)
+def test_verify_fails_on_a_manifest_that_breaks_its_schema(copy_of: Path, capsys, edit, needle: str) -> None:
     m = _manifest(copy_of)
-    m["runtime_hint"] = "x"
+    edit(m)
     _write_manifest(copy_of, m)
-    refuse(["verify", str(copy_of)], copy_of, capsys, ExitCode.BAD_INPUT, "manifest.json", "runtime_hint")
+    refuse(["verify", str(copy_of)], copy_of, capsys, ExitCode.BAD_INPUT, "manifest.json", needle)
 
 
 def _tensor_offset(path: Path, name: str) -> tuple[int, int]:
