@@ -297,6 +297,7 @@ def build_bundle(out: Path, work: Path | None = None, quality: bool = True) -> t
     name = bundle_name(manifest.get("source_model") or report.model, report.device)
     final, zip_final = src / f"{name}{SUFFIX}", src / f"{name}{SUFFIX}.zip"
     tmp = src / f".{name}{SUFFIX}.partial-{os.getpid()}"
+    ztmp = src / f".{name}{SUFFIX}.zip.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
@@ -369,16 +370,21 @@ def build_bundle(out: Path, work: Path | None = None, quality: bool = True) -> t
         (tmp / MANIFEST).write_text(json.dumps(m.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
-        ztmp = src / f".{name}{SUFFIX}.zip.partial-{os.getpid()}"
         _write_zip(tmp, ztmp, f"{name}{SUFFIX}")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
         os.replace(ztmp, zip_final)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp, ztmp)
         raise OutputError(f"cannot write the bundle in {src}: {exc.strerror or exc}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp, ztmp)
         raise
     return out / final.name, out / zip_final.name
+
+
+def _discard(folder: Path, zipped: Path) -> None:
+    """Nothing half-written stays: the partial folder and zip of a failed bundle."""
+    shutil.rmtree(folder, ignore_errors=True)
+    zipped.unlink(missing_ok=True)

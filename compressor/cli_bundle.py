@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise
     if args.json:
         _emit(args.json, {"ok": True, "exit_code": 0, **result})
+    to_stdout = args.json is not None and str(args.json) == "-"
     print(
         f"ok: {result['bundle']}: {result['files']} files match manifest.json; "
         f"the model in {result['runtime']} gives the recorded logits on {result['positions']} positions "
-        f"(max |diff| {result['max_abs_logit_diff']:.2g} <= {result['tolerance']})"
+        f"(max |diff| {result['max_abs_logit_diff']:.2g} <= {result['tolerance']})",
+        file=sys.stderr if to_stdout else sys.stdout,  # stdout stays pure JSON with --json -
     )
     return 0
 

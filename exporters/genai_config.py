@@ -90,6 +90,7 @@ def write_genai_config(artifact: ModelArtifact, folder: Path, fast: bool) -> Pat
 def with_context(path: Path, dest: Path, context_length: int) -> None:
     """Copy ``path`` to ``dest`` with the context (and so the longest generation) set."""
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    cfg["model"]["context_length"] = context_length
-    cfg["search"]["max_length"] = context_length
+    context = min(context_length, int(cfg["model"]["context_length"]))  # never past the rotary cache
+    cfg["model"]["context_length"] = context
+    cfg["search"]["max_length"] = context
     dest.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
