@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/compressor compress smollm2-135m --device raspberry-pi-5 --quant gguf:Q4_0 --out $(DEMO_OUT) --force
+	$(VENV)/bin/compressor compress smollm2-135m --device raspberry-pi-5 --quant gguf:Q4_0 --bundle --out $(DEMO_OUT) --force
 	$(VENV)/bin/compressor check $(DEMO_OUT) --device raspberry-pi-5
+	$(VENV)/bin/compressor verify $(DEMO_OUT)/smollm2-135m-raspberry-pi-5.bundle.zip
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
