@@ -308,13 +308,12 @@ def _check_encoder_request(
     req: CompressRequest, artifact: ModelArtifact, profile: DeviceProfile, schemes: list[QuantScheme]
 ) -> list[str]:
     """What an encoder run would fail on later, refused before any work."""
-    from compressor.pipeline_encoder import check_encoder_formats
-
     if req.bundle:
         raise ConfigError(
             f"--bundle makes app bundles for text generators; {req.model} is an encoder: ship the output "
             "directory (its manifest.json lists and hashes every file; 'compressor check' verifies it)"
         )
+    from compressor.pipeline_encoder import check_encoder_formats
     from compressor.sentences import sentence_split
     from stages.encoder_distill import parse_losses
     from stages.encoder_prune import resolve_encoder
