@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from compressor.builtin_models import builtin_path
 from compressor.errors import ExitCode
+from compressor.quant import QuantScheme
 from exporters import llama_runtime
 from exporters.gguf import export_gguf, llama_cpp_quantize
 from tests.conftest import LICENSE_TEXT
@@ -119,11 +121,13 @@ def test_check_gate_on_the_real_bundle(q4_bundle: Path, tmp_path: Path) -> None:
 
 
 def test_q8_0_greedy_continuation_matches_float_torch(smollm2, tmp_path: Path) -> None:
-    out = tmp_path / "OUT8"
-    proc = cli(
-        "compress", "smollm2-135m", "--device", "raspberry-pi-5", "--quant", "gguf:Q8_0", "--out", str(out)
-    )
-    assert proc.returncode == 0, proc.stderr
+    from stages.quantize import quantize_model
+
+    out = tmp_path / "OUT8"  # the file compress writes for gguf:Q8_0 (its CLI path: the Q4_0 bundle above)
+    scheme = QuantScheme.parse("gguf:Q8_0")
+    model, packed, _ = quantize_model(copy.deepcopy(smollm2.model), scheme, search=True)
+    out.mkdir()
+    export_gguf(smollm2.evolve("quantize", model=model, scheme=scheme, quantized=packed), out)
     tok = smollm2.tokenizer
     prompt = chat_prompt(tok)
     with torch.no_grad():
