@@ -30,7 +30,7 @@ from compressor.bundle_manifest import BundleManifest, Check, Quality, Reference
 from compressor.check import find_models
 from compressor.errors import InputError, OutputError, ValidationError
 from compressor.generation import Generation, sampling_from_gguf
-from compressor.package import MANIFEST, ManifestFile
+from compressor.package import MANIFEST, MODEL_FILE_SUFFIXES, ManifestFile
 from compressor.report import RunReport
 from exporters.genai_config import with_context
 
@@ -258,13 +258,7 @@ def _data(recipe: dict[str, Any] | None) -> list[dict[str, str]]:
 
 def _entry(root: Path, rel: str) -> ManifestFile:
     p = root / rel
-    role = (
-        "model"
-        if p.suffix in (".gguf", ".onnx", ".data")
-        else "tokenizer"
-        if rel in TOKENIZER_FILES
-        else "config"
-    )
+    role = "model" if p.suffix in MODEL_FILE_SUFFIXES else "tokenizer" if rel in TOKENIZER_FILES else "config"
     if rel == "README.md":
         role = "card"
     return ManifestFile(path=rel, role=role, bytes=p.stat().st_size, sha256=sha256_file(p))  # type: ignore[arg-type]
@@ -280,7 +274,7 @@ def _write_zip(folder: Path, dest: Path, top: str) -> None:
             info = zipfile.ZipInfo(f"{top}/{p.relative_to(folder).as_posix()}", date_time=ZIP_TIME)
             info.external_attr = (0o100644 & 0xFFFF) << 16
             info.create_system = 3
-            model = p.suffix in (".gguf", ".onnx", ".data")
+            model = p.suffix in MODEL_FILE_SUFFIXES
             info.compress_type = zipfile.ZIP_STORED if model else zipfile.ZIP_DEFLATED
             info.file_size = p.stat().st_size  # zip64 records only where a file needs them
             with open(p, "rb") as src, z.open(info, "w") as dst:

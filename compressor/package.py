@@ -18,6 +18,7 @@ from compressor.report import RunReport
 
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
+MODEL_FILE_SUFFIXES = (".gguf", ".onnx", ".ort", ".data")  # .onnx.data: external weights
 REPORTS = ("report.json", "report.md", "candidates.png")  # beside the manifest, not listed in it
 
 
@@ -43,7 +44,7 @@ class ManifestFiles(BaseModel):
 def _role(rel: Path) -> Literal["model", "tokenizer", "config"]:
     if rel.parts[0] == "tokenizer":
         return "tokenizer"
-    if rel.suffix in (".gguf", ".onnx", ".ort", ".data"):  # .onnx.data: external weights
+    if rel.suffix in MODEL_FILE_SUFFIXES:
         return "model"
     return "config"
 

@@ -76,6 +76,9 @@ class _Writer:
         self.h, self.np_helper = helper, numpy_helper
         self.art, self.level = artifact, level
         self.params = dict(artifact.model.named_parameters(remove_duplicate=False))
+        self.stored: dict[int, str] = {}  # tensor -> the first name it has (weight_inventory's rule)
+        for name, t in self.params.items():
+            self.stored.setdefault(id(t), name)
         self.nodes: list[Any] = []
         self.inits: dict[str, Any] = {}
         self.gemma = artifact.facts.family == "gemma3"
@@ -95,11 +98,7 @@ class _Writer:
 
     def _weight_name(self, param: str) -> str:
         """The stored name of ``param`` (a tied head is stored once, under the embedding's name)."""
-        p = self.params[param]
-        for name, q in self.params.items():
-            if q is p:
-                return name
-        return param
+        return self.stored[id(self.params[param])]
 
     def quant(self, param: str) -> BlockQuant | None:
         q = self.art.quantized.get(self._weight_name(param))
